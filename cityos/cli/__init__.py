@@ -1,0 +1,36 @@
+"""The `cityos` command: one entry point, one sub-command group per part."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from cityos.cli import geo, stack, streaming
+from cityos.errors import CityOSError
+
+app = typer.Typer(
+    name="cityos",
+    help="CityOS: a city's live traffic and environment data, from sensors to answers.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+stack.register(app)
+app.add_typer(geo.app, name="geo", help="Zones, sensors and intersections of a city.")
+app.add_typer(streaming.app, name="stream", help="Sources into Kafka and the Spark jobs.")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except CityOSError as err:
+        typer.secho(f"cityos: {err}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from err

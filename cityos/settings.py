@@ -1,0 +1,134 @@
+"""One settings class, read from the environment (prefix ``CITYOS_``) and the stack's env file.
+
+This is the only module that reads the environment. The embedded stack writes the values it
+generates (database URL with a random password, broker address) to ``<state_dir>/cityos.env``,
+which is read after the real environment, so an explicit ``CITYOS_*`` variable always wins.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cityos.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def _default_state_dir() -> Path:
+    return REPO_ROOT / ".state"
+
+
+def _default_cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "cityos"
+
+
+def state_dir_from_env() -> Path:
+    """Where the stack keeps its state, needed before Settings can find its env file."""
+    raw = os.environ.get("CITYOS_STATE_DIR")
+    return Path(raw).resolve() if raw else _default_state_dir()
+
+
+class Settings(BaseSettings):
+    """Every knob of CityOS. Required values have no default; secrets are SecretStr."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYOS_", extra="ignore")
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    data_dir: Path = Field(default_factory=lambda: SHARED_DIR / "data")
+
+    # connections: written to <state_dir>/cityos.env by `cityos up`, or set by the operator
+    kafka_bootstrap: str = Field(
+        description="Kafka bootstrap servers, host:port[,host:port]",
+    )
+    database_url: SecretStr = Field(
+        description="PostgreSQL URL of the serving database (postgresql://user:pass@host:port/db)",
+    )
+    topic_prefix: str = ""
+
+    # embedded stack ports (only `cityos up` uses them)
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    postgres_port: int = 15432
+    kafka_partitions: int = Field(default=4, ge=1)
+    kafka_retention_hours: int = Field(default=72, ge=1)
+
+    # streaming
+    spark_master: str = "local[2]"
+    spark_shuffle_partitions: int = Field(default=4, ge=1)
+    trigger_seconds: float = Field(default=2.0, gt=0)
+    traffic_watermark: str = "10 minutes"
+    air_watermark: str = "2 hours"
+    max_future_skew_s: int = Field(default=3600, ge=0)
+    earliest_event_time: str = "2000-01-01T00:00:00Z"
+    max_event_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # the traffic twin
+    twin_network: str = "cologne8"
+    twin_speedup: float = Field(default=60.0, gt=0)
+    twin_start: str | None = None  # ISO-8601 UTC for simulated t=0; default: now
+    aqi_standard: Literal["us_epa", "china_hj633"] = "us_epa"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_port(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgres(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql:// URL")
+        return value
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "cityos.env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as the stack writes them; comments and blanks skipped."""
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip()
+    return values
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, then the stack's env file; a clear error names the setting."""
+    file_values = read_env_file(state_dir_from_env() / "cityos.env")
+    merged: dict[str, object] = {}
+    for key, value in file_values.items():
+        if key.startswith("CITYOS_") and key not in os.environ:
+            merged[key.removeprefix("CITYOS_").lower()] = value
+    merged.update(overrides)
+    try:
+        return Settings(**merged)  # type: ignore[arg-type]
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = "CITYOS_" + str(first["loc"][0]).upper() if first["loc"] else "CITYOS_*"
+        hint = ""
+        if first["type"] == "missing":
+            hint = " (start the embedded stack with `cityos up`, or export it)"
+        raise ConfigError(name, first["msg"] + hint) from err
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

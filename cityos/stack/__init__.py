@@ -1,0 +1,1 @@
+"""The embedded stack: Kafka and PostgreSQL as native processes under one state directory."""
