@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cityos.errors import ConfigError
@@ -34,6 +34,18 @@ def state_dir_from_env() -> Path:
     """Where the stack keeps its state, needed before Settings can find its env file."""
     raw = os.environ.get("CITYOS_STATE_DIR")
     return Path(raw).resolve() if raw else _default_state_dir()
+
+
+def cache_dir_from_env() -> Path:
+    """Where downloaded jars live, needed by the stack before Settings can be complete."""
+    raw = os.environ.get("CITYOS_CACHE_DIR")
+    return Path(raw).resolve() if raw else _default_cache_dir()
+
+
+def java_home_from_env() -> Path | None:
+    """The JDK to run Kafka and Spark with (the standard JAVA_HOME), or None to use PATH."""
+    raw = os.environ.get("JAVA_HOME")
+    return Path(raw) if raw else None
 
 
 class Settings(BaseSettings):
@@ -70,6 +82,10 @@ class Settings(BaseSettings):
     max_future_skew_s: int = Field(default=3600, ge=0)
     earliest_event_time: str = "2000-01-01T00:00:00Z"
     max_event_bytes: int = Field(default=64 * 1024, ge=1024)
+    lake_dir: Path | None = None  # raw valid events as Parquet; None means <state_dir>/lake
+    max_offsets_per_trigger: int | None = Field(default=None, ge=1)  # per micro-batch; None = all
+    sensor_refresh_s: float = Field(default=60.0, gt=0)  # how often the job re-reads `sensors`
+    database_schema: str = "public"  # schema holding the serving tables (tests use one per test)
 
     # the traffic twin
     twin_network: str = "cologne8"
@@ -92,6 +108,12 @@ class Settings(BaseSettings):
         if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _default_lake_dir(self) -> Settings:
+        if self.lake_dir is None:
+            self.lake_dir = self.state_dir / "lake"
+        return self
 
     @property
     def env_file(self) -> Path:
