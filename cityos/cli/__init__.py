@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from cityos.cli import geo, stack, streaming
+from cityos.cli import db, geo, stack, streaming
 from cityos.errors import CityOSError
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 stack.register(app)
 app.add_typer(geo.app, name="geo", help="Zones, sensors and intersections of a city.")
+app.add_typer(db.app, name="db", help="Database migrations.")
 app.add_typer(streaming.app, name="stream", help="Sources into Kafka and the Spark jobs.")
 
 
