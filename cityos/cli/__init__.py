@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from cityos.cli import db, geo, stack, streaming
+from cityos.cli import db, demo, geo, jobs, stack, streaming
 from cityos.errors import CityOSError
 
 app = typer.Typer(
@@ -16,6 +16,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 stack.register(app)
+demo.register(app)
+jobs.register(streaming.app)
 app.add_typer(geo.app, name="geo", help="Zones, sensors and intersections of a city.")
 app.add_typer(db.app, name="db", help="Database migrations.")
 app.add_typer(streaming.app, name="stream", help="Sources into Kafka and the Spark jobs.")

@@ -1,0 +1,306 @@
+"""The streaming job: one query per source topic, each micro-batch validated, laked, aggregated.
+
+    read_topic -> parse -> classify -> write_dlq / write_lake -> partials -> merge_batch
+
+Each query is named ``aggregate-<topic>`` and checkpoints under
+``<state_dir>/checkpoints/<query name>``. Everything per batch happens in :meth:`TopicJob.process`
+(``foreachBatch``); the order of its sinks makes a replay safe: lake (overwritten per batch), DLQ
+(at least once), then the PostgreSQL transaction that records the batch, so a batch merged before a
+crash is recognised and skipped as a whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from cityos import events
+from cityos.db import connect
+from cityos.errors import ConfigError
+from cityos.settings import Settings
+from cityos.streaming.jobs.errors import StreamingJobError
+from cityos.streaming.jobs.sinks import (
+    AIR_PARTIALS,
+    TRAFFIC_PARTIALS,
+    BatchCommit,
+    Method,
+    batch_state,
+    has_commits,
+    log_dead_letters,
+    merge_batch,
+    partial_rows,
+    write_dlq,
+    write_lake,
+)
+from cityos.streaming.jobs.spec import TOPIC_SPECS, TopicSpec
+from cityos.streaming.jobs.validate import Limits, classify, parse
+from cityos.streaming.jobs.windows import air_partials, traffic_partials
+from cityos.topics import Topics
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+# ----------------------------------------------------------------------------- settings
+def parse_duration(text: str, setting: str) -> timedelta:
+    """'10 minutes', '2 hours' -> timedelta; anything else stops with the setting's name."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(setting, f"expected '<number> seconds|minutes|hours|days', got {text!r}")
+    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower()])
+
+
+def earliest_event_time(settings: Settings) -> datetime:
+    try:
+        return events.parse_time(settings.earliest_event_time)
+    except ValueError as err:
+        raise ConfigError("CITYOS_EARLIEST_EVENT_TIME", str(err)) from err
+
+
+def query_name(topic: str) -> str:
+    """The query's name, also its checkpoint folder: safe characters only."""
+    return "aggregate-" + re.sub(r"[^A-Za-z0-9_.-]", "_", topic)
+
+
+# ----------------------------------------------------------------------------- sensor registry
+class SensorRegistry:
+    """Sensor ids from PostgreSQL, re-read every ``sensor_refresh_s``, as a broadcastable frame."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._frame: DataFrame | None = None
+        self._read_at = 0.0
+
+    def _read(self) -> list[str]:
+        s = self._settings
+        with connect(s.database_url.get_secret_value(), s.database_schema) as conn:
+            return [r[0] for r in conn.execute("SELECT sensor_id FROM sensors ORDER BY sensor_id")]
+
+    def frame(self, spark: SparkSession) -> DataFrame:
+        with self._lock:
+            stale = time.monotonic() - self._read_at > self._settings.sensor_refresh_s
+            if self._frame is None or stale:
+                ids = self._read()
+                self._frame = spark.createDataFrame([(i,) for i in ids], "sensor_id string")
+                self._read_at = time.monotonic()
+                log.info("sensor registry: %d sensors", len(ids))
+            return self._frame
+
+
+# ----------------------------------------------------------------------------- one topic
+@dataclass
+class TopicJob:
+    """The streaming query of one source topic and the handling of its micro-batches."""
+
+    settings: Settings
+    spec: TopicSpec
+    topic: str
+    registry: SensorRegistry
+    method: Method = "copy"
+    batches: list[BatchCommit] = field(default_factory=list)  # merged by this process
+
+    @property
+    def name(self) -> str:
+        return query_name(self.topic)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.settings.state_dir / "checkpoints" / self.name
+
+    @property
+    def lateness(self) -> timedelta:
+        setting = self.spec.lateness_setting
+        return parse_duration(getattr(self.settings, setting), "CITYOS_" + setting.upper())
+
+    def _connect(self):  # noqa: ANN202 - psycopg.Connection
+        s = self.settings
+        return connect(s.database_url.get_secret_value(), s.database_schema)
+
+    def limits(self, watermark: datetime | None) -> Limits:
+        s = self.settings
+        return Limits(
+            max_event_bytes=s.max_event_bytes,
+            earliest=earliest_event_time(s),
+            now=datetime.now(UTC),
+            max_future_skew=timedelta(seconds=s.max_future_skew_s),
+            watermark=watermark,
+        )
+
+    def check_checkpoint(self) -> None:
+        """Commits without a checkpoint mean a reset checkpoint: replaying would double count."""
+        if self.checkpoint.exists():
+            return
+        with self._connect() as conn:
+            if has_commits(conn, self.name):
+                raise StreamingJobError(
+                    f"query {self.name} has no checkpoint at {self.checkpoint} but stream_commits "
+                    f"holds its batches: restore the checkpoint, or delete its rows from "
+                    f"stream_commits and the accumulators before reprocessing"
+                )
+
+    def process(self, batch: DataFrame, batch_id: int) -> None:
+        """foreachBatch: validate, dead-letter, lake, aggregate, merge; skip merged batches."""
+        with self._connect() as conn:
+            done, watermark = batch_state(conn, self.name, batch_id)
+        if done:
+            log.info("%s batch %d was merged before a restart: skipped", self.name, batch_id)
+            return
+        spark = batch.sparkSession
+        judged = classify(
+            parse(batch, self.spec, self.settings.max_event_bytes),
+            self.spec,
+            self.registry.frame(spark),
+            self.limits(watermark),
+        ).persist()
+        try:
+            self._sink(judged, batch_id, watermark)
+        finally:
+            judged.unpersist()
+
+    def _sink(self, judged: DataFrame, batch_id: int, watermark: datetime | None) -> None:
+        stats = judged.groupBy("reason").agg(
+            F.count(F.lit(1)).alias("n"), F.max(F.unix_micros("event_time")).alias("latest")
+        ).collect()
+        by_reason = {r.reason: r.n for r in stats if r.reason is not None}
+        valid_n = sum(r.n for r in stats if r.reason is None)
+        latest = next((r.latest for r in stats if r.reason is None), None)
+        dead_n = sum(by_reason.values())
+        valid = judged.where(F.col("reason").isNull())
+        if valid_n:
+            write_lake(valid, self.settings.lake_dir / self.topic, batch_id)  # type: ignore[operator]
+        if dead_n:
+            invalid = judged.where(F.col("reason").isNotNull())
+            dlq = Topics.dlq(self.topic)
+            write_dlq(invalid, self.settings.kafka_bootstrap, dlq)
+            log_dead_letters(invalid, dlq, dead_n)
+        if latest is not None:
+            candidate = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=latest)
+            candidate -= self.lateness
+            watermark = candidate if watermark is None else max(watermark, candidate)
+        traffic = air = []
+        if valid_n and events.TRAFFIC in self.spec.event_types:
+            traffic = partial_rows(traffic_partials(valid), TRAFFIC_PARTIALS)
+        if valid_n and events.AIR in self.spec.event_types:
+            air = partial_rows(air_partials(valid), AIR_PARTIALS)
+        commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n)
+        with self._connect() as conn:
+            merged = merge_batch(conn, commit, traffic=traffic, air=air, method=self.method)
+        if merged:
+            self.batches.append(commit)
+        log.info(
+            "%s batch %d: %d valid, %d dead letters %s, %d traffic + %d air windows, watermark %s",
+            self.name, batch_id, valid_n, dead_n, by_reason or "", len(traffic), len(air),
+            watermark.isoformat() if watermark else "-",
+        )
+
+
+# ----------------------------------------------------------------------------- wiring
+def read_topic(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:
+    """The Kafka source of one topic (native spark-sql-kafka), from the earliest offset."""
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", "false")  # retention may drop data a stopped job never read
+    )
+    if settings.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
+    return reader.load()
+
+
+Until = Literal["available", "stopped"]
+
+
+def start_query(spark: SparkSession, job: TopicJob, until: Until) -> StreamingQuery:
+    job.check_checkpoint()
+    writer = (
+        read_topic(spark, job.settings, job.topic)
+        .writeStream.queryName(job.name)
+        .option("checkpointLocation", str(job.checkpoint))
+        .foreachBatch(job.process)
+    )
+    if until == "available":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{job.settings.trigger_seconds} seconds")
+    query = writer.start()
+    log.info("started %s on %s (checkpoint %s)", job.name, job.topic, job.checkpoint)
+    return query
+
+
+def topic_jobs(settings: Settings, method: Method = "copy") -> list[TopicJob]:
+    topics = Topics(settings.topic_prefix)
+    registry = SensorRegistry(settings)
+    return [
+        TopicJob(settings, spec, getattr(topics, spec.base), registry, method)
+        for spec in TOPIC_SPECS.values()
+    ]
+
+
+def run_pipeline(
+    settings: Settings,
+    *,
+    until: Until = "available",
+    spark: SparkSession | None = None,
+    method: Method = "copy",
+    stop_event: threading.Event | None = None,
+) -> list[TopicJob]:
+    """Run both queries: ``available`` processes what the topics hold now, then returns;
+    ``stopped`` runs live (trigger every ``trigger_seconds``) until ``stop_event`` is set or a
+    query fails. Returns the jobs, whose ``batches`` say what was merged."""
+    if spark is None:
+        from cityos.streaming.spark import spark_session
+
+        spark = spark_session(settings, "cityos-aggregate")
+    jobs = topic_jobs(settings, method)
+    queries = [start_query(spark, job, until) for job in jobs]
+    stop = stop_event or threading.Event()
+    try:
+        if until == "available":
+            for query in queries:
+                _await(query)
+        else:
+            while not stop.is_set() and all(q.isActive for q in queries):
+                stop.wait(1.0)
+        for query in queries:
+            if not query.isActive and query.exception() is not None:
+                raise StreamingJobError(f"query {query.name} failed: {query.exception()}")
+    finally:
+        for query in queries:
+            if query.isActive:
+                query.stop()
+    return jobs
+
+
+def _await(query: StreamingQuery) -> None:
+    """Wait for an availableNow query; its failure is read from ``query.exception()``."""
+    try:
+        query.awaitTermination()
+    except Exception as err:  # noqa: BLE001 - StreamingQueryException, inspected by the caller
+        log.debug("query %s ended with %s", query.name, type(err).__name__)
+
+
+def main(settings: Settings | None = None) -> None:
+    """`cityos stream run`: the live job, stopped cleanly by SIGINT/SIGTERM."""
+    from cityos.settings import get_settings
+
+    settings = settings or get_settings()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_pipeline(settings, until="stopped", stop_event=stop)

@@ -1,0 +1,282 @@
+"""Where a micro-batch goes: the dead-letter topic, the Parquet lake, the PostgreSQL tables.
+
+The PostgreSQL merge is one transaction per batch: it first claims the batch in
+``stream_commits`` (a batch already there was merged before a crash and is skipped), adds the
+batch's partial sums into the accumulators, recomputes the serving rows of the touched windows
+from the accumulated totals, and commits. Rows reach PostgreSQL by COPY into a temporary table;
+``method="executemany"`` sends the same rows with INSERT statements, for the benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cityos.streaming.jobs.aqi import POLLUTANTS, aqi
+from cityos.streaming.jobs.windows import AIR_MEASURES, AIR_PARTIALS, TRAFFIC_PARTIALS
+
+log = logging.getLogger(__name__)
+
+Method = Literal["copy", "executemany"]
+DEFAULT_SPEED_LIMIT_KMH = 50.0  # a sensor without speed_limit_kmh: the urban limit in Germany
+DLQ_LOG_SAMPLE = 20  # dead letters logged one by one per batch; the rest are counted
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+WINDOW_KEYS = ("sensor_id", "window_start", "window_end")
+AIR_SERVING = (
+    "sensor_id", "zone_id", "window_start", "window_end", *AIR_MEASURES.values(), "aqi",
+    "aqi_category",
+)
+
+
+# ----------------------------------------------------------------------------- Kafka DLQ
+def write_dlq(invalid: DataFrame, bootstrap: str, dlq_topic: str) -> None:
+    """Dead letters: original key and value bytes, the reason and the source in the headers."""
+
+    def header(name: str, value: Any) -> Any:
+        as_bytes = value.cast("string").cast("binary")
+        return F.struct(F.lit(name).alias("key"), as_bytes.alias("value"))
+
+    headers = F.array(
+        header("reason", F.col("reason")),
+        header("source.topic", F.col("topic")),
+        header("source.partition", F.col("partition")),
+        header("source.offset", F.col("offset")),
+    )
+    (
+        invalid.select("key", "value", headers.alias("headers"))
+        .write.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap)
+        .option("topic", dlq_topic)
+        .save()
+    )
+
+
+def log_dead_letters(invalid: DataFrame, dlq_topic: str, total: int) -> None:
+    """Log a sample as ``topic[partition] offset=N``; the full set is in the DLQ topic."""
+    sample = invalid.select("topic", "partition", "offset", "reason").limit(DLQ_LOG_SAMPLE)
+    for row in sample.collect():
+        log.warning(
+            "dead letter %s[%d] offset=%d reason=%s -> %s",
+            row.topic, row.partition, row.offset, row.reason, dlq_topic,
+        )
+    if total > DLQ_LOG_SAMPLE:
+        log.warning("... and %d more dead letters -> %s", total - DLQ_LOG_SAMPLE, dlq_topic)
+
+
+# ----------------------------------------------------------------------------- lake
+def lake_frame(valid: DataFrame, batch_id: int) -> DataFrame:
+    """Valid events as lake rows: event fields, event time, Kafka coordinates, partitions."""
+    return (
+        valid.drop("reason", "key", "value")
+        .withColumnRenamed("timestamp", "kafka_timestamp")
+        .withColumn("date", F.date_format("event_time", "yyyy-MM-dd"))
+        .withColumn("batch", F.lit(batch_id))
+    )
+
+
+def write_lake(valid: DataFrame, folder: Path, batch_id: int) -> None:
+    """Parquet under ``folder/date=YYYY-MM-DD/batch=N``; a replayed batch overwrites its own."""
+    (
+        lake_frame(valid, batch_id)
+        .write.mode("overwrite")
+        .option("partitionOverwriteMode", "dynamic")
+        .partitionBy("date", "batch")
+        .parquet(str(folder))
+    )
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+@dataclass(frozen=True)
+class BatchCommit:
+    """What ``stream_commits`` records about a merged batch."""
+
+    query_name: str
+    batch_id: int
+    watermark: datetime | None
+    valid_rows: int
+    dead_letters: int
+
+
+def batch_state(
+    conn: psycopg.Connection, query_name: str, batch_id: int
+) -> tuple[bool, datetime | None]:
+    """(already committed?, watermark in force before this batch)."""
+    cur = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM stream_commits"
+        "               WHERE query_name = %(q)s AND batch_id = %(b)s),"
+        " (SELECT watermark FROM stream_commits WHERE query_name = %(q)s AND batch_id < %(b)s"
+        "  ORDER BY batch_id DESC LIMIT 1)",
+        {"q": query_name, "b": batch_id},
+    )
+    done, watermark = cur.fetchone()  # type: ignore[misc]
+    return bool(done), watermark
+
+
+def has_commits(conn: psycopg.Connection, query_name: str) -> bool:
+    cur = conn.execute("SELECT EXISTS (SELECT 1 FROM stream_commits WHERE query_name = %s)",
+                       (query_name,))
+    return bool(cur.fetchone()[0])  # type: ignore[index]
+
+
+def as_utc(micros: int) -> datetime:
+    """Spark's unix_micros -> aware UTC datetime (no dependence on the Python process zone)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def partial_rows(partials: DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Collect a small partial-sums frame; window bounds travel as epoch micros."""
+    picked = partials.select(
+        "sensor_id",
+        F.unix_micros("window_start").alias("window_start"),
+        F.unix_micros("window_end").alias("window_end"),
+        *columns,
+    )
+    return [
+        (r[0], as_utc(r[1]), as_utc(r[2]), *r[3:]) for r in picked.collect()
+    ]
+
+
+def _stage(cur: psycopg.Cursor, like: str, stage: str, columns: Sequence[str],
+           rows: Iterable[Sequence[Any]], method: Method) -> None:
+    """A temporary table shaped like ``like``, filled with ``rows``, dropped at commit."""
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(
+        sql.Identifier(stage), sql.Identifier(like)))
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    if method == "copy":
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage), cols)) as cp:
+            for row in rows:
+                cp.write_row(row)
+    else:
+        insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            sql.Identifier(stage), cols, sql.SQL(", ").join(sql.Placeholder() * len(columns)))
+        cur.executemany(insert, list(rows))
+
+
+def _add_into(acc: str, stage: str, sums: Sequence[str]) -> sql.Composed:
+    """INSERT the staged partial sums into the accumulator, adding on conflict."""
+    columns = [*WINDOW_KEYS, *sums]
+    return sql.SQL(
+        "INSERT INTO {acc} AS a ({cols}) SELECT {cols} FROM {stage}"
+        " ON CONFLICT (sensor_id, window_start) DO UPDATE SET {adds}"
+    ).format(
+        acc=sql.Identifier(acc),
+        stage=sql.Identifier(stage),
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        adds=sql.SQL(", ").join(
+            sql.SQL("{c} = a.{c} + excluded.{c}").format(c=sql.Identifier(c)) for c in sums
+        ),
+    )
+
+
+def _upsert(table: str, stage: str, columns: Sequence[str]) -> sql.Composed:
+    rest = [c for c in columns if c not in ("sensor_id", "window_start")]
+    return sql.SQL(
+        "INSERT INTO {t} ({cols}) SELECT {cols} FROM {stage}"
+        " ON CONFLICT (sensor_id, window_start) DO UPDATE SET {sets}"
+    ).format(
+        t=sql.Identifier(table),
+        stage=sql.Identifier(stage),
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sets=sql.SQL(", ").join(
+            sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c)) for c in rest
+        ),
+    )
+
+
+# traffic_5m from the accumulated totals of the windows this batch touched; the congestion index
+# is 1 - speed / limit clipped to 0..1, or the occupancy when no speed was measured
+_SERVE_TRAFFIC = sql.SQL("""
+INSERT INTO traffic_5m (sensor_id, zone_id, window_start, window_end, vehicle_count,
+                        avg_speed_kmh, occupancy, congestion_index)
+SELECT sensor_id, zone_id, window_start, window_end, vehicle_count, avg_speed_kmh, occupancy,
+       CASE WHEN avg_speed_kmh IS NULL THEN occupancy
+            ELSE LEAST(1.0, GREATEST(0.0, 1.0 - avg_speed_kmh / speed_limit)) END
+FROM (
+  SELECT a.sensor_id, s.zone_id, a.window_start, a.window_end,
+         a.vehicles::integer AS vehicle_count,
+         CASE WHEN a.speed_vehicles > 0 THEN a.speed_x_vehicles / a.speed_vehicles
+              WHEN a.speed_n > 0 THEN a.speed_sum / a.speed_n END AS avg_speed_kmh,
+         a.occupancy_sum / NULLIF(a.occupancy_n, 0) AS occupancy,
+         COALESCE(l.speed_limit_kmh, %(default_limit)s) AS speed_limit
+  FROM traffic_5m_acc a
+  JOIN traffic_stage b ON b.sensor_id = a.sensor_id AND b.window_start = a.window_start
+  JOIN sensors s ON s.sensor_id = a.sensor_id
+  LEFT JOIN sensor_speed_limits l ON l.sensor_id = a.sensor_id
+) t
+ON CONFLICT (sensor_id, window_start) DO UPDATE SET
+  zone_id = excluded.zone_id, window_end = excluded.window_end,
+  vehicle_count = excluded.vehicle_count, avg_speed_kmh = excluded.avg_speed_kmh,
+  occupancy = excluded.occupancy, congestion_index = excluded.congestion_index
+""")
+
+_AIR_MEANS = sql.SQL("""
+SELECT a.sensor_id, s.zone_id, a.window_start, a.window_end, {means}, c.aqi_standard
+FROM air_quality_1h_acc a
+JOIN air_stage b ON b.sensor_id = a.sensor_id AND b.window_start = a.window_start
+JOIN sensors s ON s.sensor_id = a.sensor_id
+JOIN cities c ON c.city_id = s.city_id
+""").format(means=sql.SQL(", ").join(
+    sql.SQL("a.{s} / NULLIF(a.{n}, 0)").format(s=sql.Identifier(f"{c}_sum"),
+                                               n=sql.Identifier(f"{c}_n"))
+    for c in AIR_MEASURES.values()
+))
+
+
+def _claim(cur: psycopg.Cursor, commit: BatchCommit) -> bool:
+    """Record the batch; False when it was already recorded (a replay after a crash)."""
+    cur.execute(
+        "INSERT INTO stream_commits (query_name, batch_id, watermark, valid_rows, dead_letters)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING batch_id",
+        (commit.query_name, commit.batch_id, commit.watermark, commit.valid_rows,
+         commit.dead_letters),
+    )
+    return cur.fetchone() is not None
+
+
+def _merge_traffic(cur: psycopg.Cursor, rows: list[tuple[Any, ...]], method: Method) -> None:
+    _stage(cur, "traffic_5m_acc", "traffic_stage", [*WINDOW_KEYS, *TRAFFIC_PARTIALS], rows, method)
+    cur.execute(_add_into("traffic_5m_acc", "traffic_stage", TRAFFIC_PARTIALS))
+    cur.execute(_SERVE_TRAFFIC, {"default_limit": DEFAULT_SPEED_LIMIT_KMH})
+
+
+def _merge_air(cur: psycopg.Cursor, rows: list[tuple[Any, ...]], method: Method) -> None:
+    _stage(cur, "air_quality_1h_acc", "air_stage", [*WINDOW_KEYS, *AIR_PARTIALS], rows, method)
+    cur.execute(_add_into("air_quality_1h_acc", "air_stage", AIR_PARTIALS))
+    served = []
+    for row in cur.execute(_AIR_MEANS).fetchall():
+        *values, standard = row
+        means = dict(zip(AIR_MEASURES.values(), values[4:], strict=True))
+        index, category = aqi(standard, {p: means[p] for p in POLLUTANTS})
+        served.append((*values, index, category))
+    _stage(cur, "air_quality_1h", "air_out", AIR_SERVING, served, method)
+    cur.execute(_upsert("air_quality_1h", "air_out", AIR_SERVING))
+
+
+def merge_batch(
+    conn: psycopg.Connection,
+    commit: BatchCommit,
+    *,
+    traffic: Sequence[tuple[Any, ...]] = (),
+    air: Sequence[tuple[Any, ...]] = (),
+    method: Method = "copy",
+) -> bool:
+    """Merge one batch's partial sums in one transaction; False if it was merged before."""
+    with conn.transaction(), conn.cursor() as cur:
+        if not _claim(cur, commit):
+            log.info("%s batch %d already committed: skipped", commit.query_name, commit.batch_id)
+            return False
+        if traffic:
+            _merge_traffic(cur, list(traffic), method)
+        if air:
+            _merge_air(cur, list(air), method)
+    return True
