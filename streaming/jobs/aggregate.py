@@ -40,6 +40,7 @@ from cityos.streaming.jobs.sinks import (
     log_dead_letters,
     merge_batch,
     partial_rows,
+    sensor_progress,
     write_dlq,
     write_lake,
 )
@@ -101,6 +102,11 @@ class SensorRegistry:
             return self._frame
 
 
+def _from_micros(micros: int) -> datetime:
+    """Spark's unix_micros back to an aware UTC datetime (never a naive local one)."""
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
 # ----------------------------------------------------------------------------- one topic
 @dataclass
 class TopicJob:
@@ -130,15 +136,23 @@ class TopicJob:
         s = self.settings
         return connect(s.database_url.get_secret_value(), s.database_schema)
 
-    def limits(self, watermark: datetime | None) -> Limits:
+    def limits(self) -> Limits:
         s = self.settings
         return Limits(
             max_event_bytes=s.max_event_bytes,
             earliest=earliest_event_time(s),
             now=datetime.now(UTC),
             max_future_skew=timedelta(seconds=s.max_future_skew_s),
-            watermark=watermark,
         )
+
+    def sensors_with_watermarks(self, spark: SparkSession, conn) -> DataFrame:  # noqa: ANN001
+        """The registry with each sensor's watermark: its latest merged event time - lateness."""
+        progress = [(sensor, at - self.lateness) for sensor, at in sensor_progress(conn, self.name)]
+        registry = self.registry.frame(spark)
+        if not progress:
+            return registry
+        marks = spark.createDataFrame(progress, "sensor_id string, watermark timestamp")
+        return registry.join(F.broadcast(marks), "sensor_id", "left")
 
     def check_checkpoint(self) -> None:
         """Commits without a checkpoint mean a reset checkpoint: replaying would double count."""
@@ -154,17 +168,18 @@ class TopicJob:
 
     def process(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: validate, dead-letter, lake, aggregate, merge; skip merged batches."""
+        spark = batch.sparkSession
         with self._connect() as conn:
             done, watermark = batch_state(conn, self.name, batch_id)
-        if done:
-            log.info("%s batch %d was merged before a restart: skipped", self.name, batch_id)
-            return
-        spark = batch.sparkSession
+            if done:
+                log.info("%s batch %d was merged before a restart: skipped", self.name, batch_id)
+                return
+            sensors = self.sensors_with_watermarks(spark, conn)
         judged = classify(
             parse(batch, self.spec, self.settings.max_event_bytes),
             self.spec,
-            self.registry.frame(spark),
-            self.limits(watermark),
+            sensors,
+            self.limits(),
         ).persist()
         try:
             self._sink(judged, batch_id, watermark)
@@ -188,9 +203,14 @@ class TopicJob:
             write_dlq(invalid, self.settings.kafka_bootstrap, dlq)
             log_dead_letters(invalid, dlq, dead_n)
         if latest is not None:
-            candidate = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=latest)
-            candidate -= self.lateness
+            candidate = _from_micros(latest) - self.lateness
             watermark = candidate if watermark is None else max(watermark, candidate)
+        progress: list[tuple[str, datetime]] = []
+        if valid_n:
+            latest_per_sensor = valid.groupBy("sensor_id").agg(
+                F.max(F.unix_micros("event_time")).alias("latest")
+            )
+            progress = [(r.sensor_id, _from_micros(r.latest)) for r in latest_per_sensor.collect()]
         traffic = air = []
         if valid_n and events.TRAFFIC in self.spec.event_types:
             traffic = partial_rows(traffic_partials(valid), TRAFFIC_PARTIALS)
@@ -198,7 +218,8 @@ class TopicJob:
             air = partial_rows(air_partials(valid), AIR_PARTIALS)
         commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n)
         with self._connect() as conn:
-            merged = merge_batch(conn, commit, traffic=traffic, air=air, method=self.method)
+            merged = merge_batch(conn, commit, traffic=traffic, air=air, method=self.method,
+                                 progress=progress)
         if merged:
             self.batches.append(commit)
         log.info(

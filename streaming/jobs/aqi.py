@@ -22,6 +22,10 @@ category is the one of the first index range the AQI does not exceed.
   table's decimals (``decimals`` column) as EPA does; the AQI is rounded half up. Gases are
   converted at 25 °C and 1 atm: ppb = µg/m³ × 24.45 / molar mass (NO2 46.0055, O3 47.9982,
   SO2 64.066, CO 28.010 g/mol); ppm = ppb / 1000.
+* ``eu_eaqi`` (European Environment Agency's European Air Quality Index, the bands it published
+  for 2017-2023): the index is the band level 1 (Good) .. 6 (Extremely poor) of the worst of PM2.5,
+  PM10, NO2, O3 and SO2, each hourly mean in µg/m³ (CO is not rated). Each band is a segment
+  whose index is constant, so the same rule applies.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def _round_half_up(value: float) -> int:
 ROUNDING: dict[str, Callable[[float], int]] = {
     "china_hj633": math.ceil,
     "us_epa": _round_half_up,
+    "eu_eaqi": round,  # a band level 1..6, constant over each band
 }
 
 

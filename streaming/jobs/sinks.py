@@ -122,6 +122,25 @@ def batch_state(
     return bool(done), watermark
 
 
+def sensor_progress(conn: psycopg.Connection, query_name: str) -> list[tuple[str, datetime]]:
+    """(sensor_id, latest event time merged so far) of every sensor the query has seen."""
+    return conn.execute(
+        "SELECT sensor_id, max_event_time FROM sensor_watermarks WHERE query_name = %s",
+        (query_name,),
+    ).fetchall()
+
+
+def _advance_progress(
+    cur: psycopg.Cursor, query_name: str, progress: Sequence[tuple[str, datetime]]
+) -> None:
+    cur.executemany(
+        "INSERT INTO sensor_watermarks (query_name, sensor_id, max_event_time)"
+        " VALUES (%s, %s, %s) ON CONFLICT (query_name, sensor_id) DO UPDATE"
+        " SET max_event_time = GREATEST(sensor_watermarks.max_event_time, excluded.max_event_time)",
+        [(query_name, sensor, at) for sensor, at in progress],
+    )
+
+
 def has_commits(conn: psycopg.Connection, query_name: str) -> bool:
     cur = conn.execute("SELECT EXISTS (SELECT 1 FROM stream_commits WHERE query_name = %s)",
                        (query_name,))
@@ -269,12 +288,16 @@ def merge_batch(
     traffic: Sequence[tuple[Any, ...]] = (),
     air: Sequence[tuple[Any, ...]] = (),
     method: Method = "copy",
+    progress: Sequence[tuple[str, datetime]] = (),
 ) -> bool:
-    """Merge one batch's partial sums in one transaction; False if it was merged before."""
+    """Merge one batch's partial sums and the sensors' event-time progress in one transaction;
+    False if it was merged before."""
     with conn.transaction(), conn.cursor() as cur:
         if not _claim(cur, commit):
             log.info("%s batch %d already committed: skipped", commit.query_name, commit.batch_id)
             return False
+        if progress:
+            _advance_progress(cur, commit.query_name, progress)
         if traffic:
             _merge_traffic(cur, list(traffic), method)
         if air:

@@ -11,7 +11,7 @@ that are not RFC 3339 with an offset); ``non_finite`` NaN/inf; ``negative`` belo
 ``out_of_range`` outside the schema's minimum/maximum/length; ``bad_period`` end not after start or
 longer than an hour; ``too_old`` before ``earliest_event_time``; ``future`` more than
 ``max_future_skew_s`` after the batch's processing time; ``unknown_sensor`` not in ``sensors``;
-``key_mismatch`` Kafka key is not refDevice; ``late`` event time before the topic's watermark.
+``key_mismatch`` Kafka key is not refDevice; ``late`` event time before the sensor's watermark.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class Limits:
     earliest: datetime
     now: datetime  # processing time of the batch
     max_future_skew: timedelta
-    watermark: datetime | None  # rows before it are late; None before the first batch
 
 
 def parse(raw: DataFrame, spec: TopicSpec, max_event_bytes: int) -> DataFrame:
@@ -179,8 +178,8 @@ def rules(spec: TopicSpec, limits: Limits) -> list[tuple[str, Column]]:
         ("unknown_sensor", F.col("_known").isNull()),
         ("key_mismatch", ~F.coalesce(F.col("key").cast("string") == _j("refDevice"), F.lit(False))),
     ]
-    if limits.watermark is not None:
-        table.append(("late", etime < F.lit(limits.watermark)))
+    # NULL before the sensor's first batch: nothing is late yet
+    table.append(("late", etime < F.col("_watermark")))
     return table
 
 
@@ -192,9 +191,13 @@ def reason_column(table: list[tuple[str, Column]]) -> Column:
 def classify(parsed: DataFrame, spec: TopicSpec, sensors: DataFrame, limits: Limits) -> DataFrame:
     """Parsed rows -> Kafka columns, ``reason``, ``event_time``, ``sensor_id`` and the event fields.
 
-    ``sensors`` is the registry (one column ``sensor_id``), small and broadcast.
+    ``sensors`` is the registry, small and broadcast: ``sensor_id`` and, optionally, ``watermark``
+    (the sensor's event-time watermark: rows before it are late; NULL or absent: none yet).
     """
-    known = sensors.select(F.col("sensor_id").alias("_sensor"), F.lit(True).alias("_known"))
+    watermark = (F.col("watermark") if "watermark" in sensors.columns
+                 else F.lit(None).cast("timestamp"))
+    known = sensors.select(F.col("sensor_id").alias("_sensor"), F.lit(True).alias("_known"),
+                           watermark.alias("_watermark"))
     joined = parsed.withColumn("event_time", event_time(spec)).join(
         F.broadcast(known), _j("refDevice") == F.col("_sensor"), "left"
     )

@@ -61,10 +61,24 @@ def test_us_epa_converts_gases_to_ppb_and_ppm():
 
 
 def test_unknown_standard_gives_no_index():
-    assert aqi("eu_eaqi", {"pm25": 30.0}) == (None, None)
+    assert aqi("who_2021", {"pm25": 30.0}) == (None, None)
 
 
 def test_categories_are_ordered_per_standard():
     names = [name for _, name in categories("us_epa")]
     assert names == ["Good", "Moderate", "Unhealthy for Sensitive Groups", "Unhealthy",
                      "Very Unhealthy", "Hazardous"]
+
+
+@pytest.mark.parametrize(
+    ("pollutants", "expected"),
+    [
+        ({"pm25": 10.0, "no2": 40.0}, (1, "Good")),  # band upper edges are inclusive
+        ({"pm25": 12.0, "no2": 35.0}, (2, "Fair")),
+        ({"pm25": 4.0, "o3": 131.0}, (4, "Poor")),  # the worst pollutant decides
+        ({"pm10": 1500.0}, (6, "Extremely poor")),  # above the last band stays in it
+        ({"co": 3000.0}, (None, None)),  # CO is not rated by the EAQI
+    ],
+)
+def test_eu_eaqi_is_the_band_of_the_worst_pollutant(pollutants, expected):
+    assert aqi("eu_eaqi", pollutants) == expected

@@ -18,9 +18,9 @@ LIMITS = Limits(
     earliest=datetime(2000, 1, 1, tzinfo=UTC),
     now=NOW,
     max_future_skew=timedelta(hours=1),
-    watermark=datetime(2016, 12, 19, 6, 0, tzinfo=UTC),
 )
-SENSORS = ["cologne-tr-06", "beijing-aq-dongsi"]
+WATERMARKS = {"cologne-tr-06": datetime(2016, 12, 19, 6, 0, tzinfo=UTC)}  # per sensor
+SENSORS = ["cologne-tr-06", "cologne-tr-07", "beijing-aq-dongsi"]
 
 
 def traffic() -> dict:
@@ -90,9 +90,10 @@ TRAFFIC_CASES = [
 ]
 
 
-def judge(spark, records, topic="traffic", limits=LIMITS):
+def judge(spark, records, topic="traffic", limits=LIMITS, watermarks=WATERMARKS):
     spec = TOPIC_SPECS[topic]
-    sensors = spark.createDataFrame([(s,) for s in SENSORS], "sensor_id string")
+    sensors = spark.createDataFrame([(s, watermarks.get(s)) for s in SENSORS],
+                                    "sensor_id string, watermark timestamp")
     frame = kafka_frame(spark, records, topic)
     return classify(parse(frame, spec, limits.max_event_bytes), spec, sensors, limits)
 
@@ -121,6 +122,19 @@ def test_environment_topic_takes_air_and_noise(spark):
     no_time = without(air(), "dateObserved")
     judged = judge(spark, [record(air()), record(noise), record(bad_noise), record(bad_air),
                            record(no_time), record(traffic())], topic="environment",
-                   limits=Limits(**{**LIMITS.__dict__, "watermark": None}))
+                   watermarks={})
     got = [r.reason for r in judged.orderBy("offset").collect()]
     assert got == [None, None, "out_of_range", "out_of_range", "missing_field", "unknown_type"]
+
+
+def test_lateness_is_judged_per_sensor(spark):
+    """A sensor far ahead (tr-06's watermark) never makes another sensor's older reading late."""
+    two_hours_back = T0 - timedelta(hours=2)
+    readings = [
+        events.traffic_flow(sensor, two_hours_back, two_hours_back + timedelta(minutes=5),
+                            intensity=3, occupancy=0.01, average_speed_kmh=40.0)
+        for sensor in ("cologne-tr-06", "cologne-tr-07")
+    ]
+    judged = judge(spark, [record(r) for r in readings])
+    got = [r.reason for r in judged.orderBy("offset").collect()]
+    assert got == ["late", None]

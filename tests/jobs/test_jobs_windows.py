@@ -14,7 +14,7 @@ from tests.jobs.conftest import prsa_december, val
 from tests.jobs.kafka_rows import NOW, kafka_frame, record
 
 T0 = datetime(2016, 12, 19, 7, 0, tzinfo=UTC)
-LIMITS = Limits(1 << 16, datetime(2000, 1, 1, tzinfo=UTC), NOW, timedelta(hours=1), None)
+LIMITS = Limits(1 << 16, datetime(2000, 1, 1, tzinfo=UTC), NOW, timedelta(hours=1))
 
 
 def valid_rows(spark, evts, topic, sensors):
