@@ -8,6 +8,7 @@ is the stack's business, and a job start must not reach Maven Central.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 
 from pyspark.sql import SparkSession
 
@@ -49,7 +50,11 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.local.dir", str(settings.state_dir / "spark-tmp"))
     )
-    for key, value in BASE_CONF.items():
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log4j = resources.files("cityos") / "data" / "log4j2-spark.properties"
+    java_options = f"-Duser.timezone=UTC -Dlog4j2.configurationFile={log4j} -Dcityos.log.dir={logs}"
+    for key, value in {**BASE_CONF, "spark.driver.extraJavaOptions": java_options}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

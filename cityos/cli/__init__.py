@@ -29,6 +29,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # client libraries narrate every connection (and a busy event loop)
+        for chatty in ("kafka", "py4j"):
+            logging.getLogger(chatty).setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -280,16 +281,20 @@ def run_pipeline(
     spark: SparkSession | None = None,
     method: Method = "copy",
     stop_event: threading.Event | None = None,
+    on_started: Callable[[list[TopicJob]], None] | None = None,
 ) -> list[TopicJob]:
     """Run both queries: ``available`` processes what the topics hold now, then returns;
     ``stopped`` runs live (trigger every ``trigger_seconds``) until ``stop_event`` is set or a
-    query fails. Returns the jobs, whose ``batches`` say what was merged."""
+    query fails. ``on_started`` is called with the jobs once their queries run (their
+    ``batches`` grow as micro-batches are merged). Returns the jobs."""
     if spark is None:
         from cityos.streaming.spark import spark_session
 
         spark = spark_session(settings, "cityos-aggregate")
     jobs = topic_jobs(settings, method)
     queries = [start_query(spark, job, until) for job in jobs]
+    if on_started is not None:
+        on_started(jobs)
     stop = stop_event or threading.Event()
     try:
         if until == "available":

@@ -1,0 +1,282 @@
+"""`cityos demo`: the whole pipeline on the embedded stack, end to end, in a few minutes.
+
+1. start Kafka and PostgreSQL (idempotent) and apply the migrations;
+2. load the Cologne and Beijing zones, register the twin's intersections, phases and sensors;
+3. start the Spark job live, then run the Cologne twin for a few simulated hours as fast as it
+   goes and replay the Beijing December 2016 smog episode, both into Kafka;
+4. drain what is left through Spark, then print what landed where.
+
+Event times end at about "now": the twin's simulated t=0 is set ``hours`` before the start and
+the replay is rebased so its last hour is the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cityos.settings import Settings
+from cityos.topics import Topics
+
+log = logging.getLogger(__name__)
+
+SERVING_TABLES = [
+    "cities", "zones", "intersections", "signal_phases", "sensors",
+    "traffic_5m", "air_quality_1h", "alerts",
+]
+# The Beijing replay: the December 2016 smog episode (Beijing time), rebased to end now.
+BEIJING_FROM = datetime(2016, 12, 17, 16, tzinfo=UTC)
+BEIJING_TO = datetime(2016, 12, 21, 16, tzinfo=UTC)
+
+
+@dataclass
+class DemoReport:
+    simulated_s: float = 0.0
+    traffic_events: int = 0
+    environment_events: int = 0
+    replay_events: int = 0
+    delivered: int = 0
+    failed: int = 0
+    processed: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    table_rows: dict[str, int] = field(default_factory=dict)
+    latest_traffic: list[tuple[Any, ...]] = field(default_factory=list)
+    latest_air: list[tuple[Any, ...]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    charts: list[Path] = field(default_factory=list)
+
+
+Say = Callable[[str], None]
+
+
+def register(settings: Settings, say: Say) -> Any:
+    """Zones of Cologne and Beijing, the twin's signals and sensors, Beijing's stations."""
+    from cityos.db import connect
+    from cityos.streaming.sources import replay, twin
+    from cityos.streaming.sources.registry import (
+        open_city,
+        register_twin,
+        write_city,
+        write_sensors,
+    )
+
+    prepared = twin.prepare(settings.twin_network, settings.data_dir)
+    beijing = open_city("beijing", settings.data_dir)
+    with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        counts = register_twin(conn, prepared.city, prepared.layout, prepared.stations)
+        write_city(conn, beijing)
+        stations = write_sensors(conn, beijing, replay.beijing_sensors(settings.data_dir))
+    say(f"registered Cologne ({counts['intersections']} intersections, {counts['sensors']} "
+        f"sensors) and Beijing ({stations} air-quality stations)")
+    return prepared
+
+
+def produce(settings: Settings, prepared: Any, hours: float, speedup: float, report: DemoReport,
+            stop: threading.Event, on_progress: Callable[[float], None]) -> None:
+    """The Beijing replay (all at once), then the twin for ``hours`` simulated hours, paced."""
+    from cityos.streaming.producer import make_producer
+    from cityos.streaming.sources import replay, twin
+
+    topics = Topics(settings.topic_prefix)
+    duration = hours * 3600.0
+    producer = make_producer(settings.kafka_bootstrap, "kafka-python")
+    try:
+        records, _missing = replay.beijing_records(settings.data_dir, BEIJING_FROM, BEIJING_TO)
+        sent = replay.publish(records, producer, topics, rebase=True, stop=stop)
+        report.replay_events = sent.sent
+        start = twin.default_start(speedup, duration)
+        with twin.Twin(prepared.scenario, prepared.layout, prepared.stations,
+                       work_dir=settings.state_dir / "twin") as sim:
+            stats = twin.run(sim, producer, topics, start=start, speedup=speedup,
+                             duration_s=duration, stop=stop, progress=on_progress)
+        report.simulated_s = stats.simulated_s
+        report.traffic_events = stats.traffic_events
+        report.environment_events = stats.environment_events
+    finally:
+        producer.flush()
+        producer.close()
+        report.delivered = producer.stats.sent
+        report.failed = producer.stats.failed
+
+
+def dead_letter_counts(settings: Settings) -> dict[str, int]:
+    """Messages in each dead-letter topic: end minus start offsets, summed over partitions."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topics = Topics(settings.topic_prefix)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        counts = {}
+        for source in topics.sources():
+            name = topics.dlq(source)
+            parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or []]
+            ends, begins = consumer.end_offsets(parts), consumer.beginning_offsets(parts)
+            counts[name] = sum(ends[p] - begins[p] for p in parts)
+        return counts
+    finally:
+        consumer.close()
+
+
+LATEST_TRAFFIC = """
+SELECT i.name, count(*) AS approaches, max(t.window_end) AS window_end,
+       sum(t.vehicle_count) AS vehicles, round(avg(t.avg_speed_kmh)::numeric, 1) AS speed_kmh,
+       round(avg(t.occupancy)::numeric, 3) AS occupancy,
+       round(avg(t.congestion_index)::numeric, 3) AS congestion
+FROM traffic_5m t JOIN sensors s USING (sensor_id) JOIN intersections i USING (intersection_id)
+WHERE t.window_start = (SELECT max(window_start) FROM traffic_5m t2
+                        WHERE t2.sensor_id = t.sensor_id AND t2.window_end <= now())
+GROUP BY i.name ORDER BY congestion DESC NULLS LAST
+"""
+
+LATEST_AIR = """
+SELECT name, city_id, window_start, pm25, no2, aqi, aqi_category FROM (
+  SELECT s.name, s.city_id, t.window_start, round(t.pm25::numeric, 1) AS pm25,
+         round(t.no2::numeric, 1) AS no2, t.aqi, t.aqi_category,
+         row_number() OVER (PARTITION BY s.city_id ORDER BY t.aqi DESC NULLS LAST, s.name) AS n
+  FROM air_quality_1h t JOIN sensors s USING (sensor_id)
+  WHERE t.window_start = (SELECT max(window_start) FROM air_quality_1h t2
+                          WHERE t2.sensor_id = t.sensor_id AND t2.window_end <= now())
+) worst WHERE n <= 4 ORDER BY city_id, aqi DESC NULLS LAST
+"""
+
+
+def summarise(settings: Settings, report: DemoReport) -> None:
+    from psycopg import sql
+
+    from cityos.db import connect
+
+    with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        for table in SERVING_TABLES:
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            report.table_rows[table] = conn.execute(query).fetchone()[0]
+        report.latest_traffic = conn.execute(LATEST_TRAFFIC).fetchall()
+        report.latest_air = conn.execute(LATEST_AIR).fetchall()
+    report.dead_letters = dead_letter_counts(settings)
+
+
+def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup: float,
+             console: Any) -> DemoReport:
+    """Everything `make demo` does; ``console`` is a rich Console for progress and tables."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cityos.stack import Stack
+    from cityos.streaming.jobs.aggregate import run_pipeline
+
+    report = DemoReport()
+    say = console.log
+    clock = time.monotonic()
+    with console.status("starting Kafka and PostgreSQL") as status:
+        Stack.from_env().up(progress=lambda msg: status.update(msg))
+    report.seconds["stack"] = time.monotonic() - clock
+    settings = settings_factory()
+    say(f"stack up: Kafka at {settings.kafka_bootstrap}, PostgreSQL at "
+        f"{_redacted(settings.database_url.get_secret_value())}")
+
+    clock = time.monotonic()
+    with console.status("loading zones and registering sensors"):
+        prepared = register(settings, say)
+    report.seconds["register"] = time.monotonic() - clock
+
+    stop_spark, stop_sources = threading.Event(), threading.Event()
+    started: list[Any] = []
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def on_started(jobs: list[Any]) -> None:
+        started.extend(jobs)
+        ready.set()
+
+    def spark_live() -> None:
+        try:
+            run_pipeline(settings, until="stopped", stop_event=stop_spark, on_started=on_started)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(err)
+            ready.set()
+
+    def processed() -> int:
+        return sum(b.valid_rows + b.dead_letters for job in started for b in job.batches)
+
+    clock = time.monotonic()
+    spark_thread = threading.Thread(target=spark_live, name="spark-live", daemon=True)
+    spark_thread.start()
+    with console.status("starting Spark (the streaming queries)"):
+        ready.wait()
+    if failure:
+        raise failure[0]
+    report.seconds["spark start"] = time.monotonic() - clock
+    say(f"Spark: {', '.join(job.name for job in started)} running, "
+        f"a micro-batch every {settings.trigger_seconds:g} s")
+
+    clock = time.monotonic()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                      console=console) as bar:
+            twin_task = bar.add_task(f"twin {settings.twin_network}", total=hours * 60,
+                                     detail="")
+            spark_task = bar.add_task("Spark → PostgreSQL", total=None, detail="")
+
+            def on_progress(sim_s: float) -> None:
+                bar.update(twin_task, completed=sim_s / 60,
+                           detail=f"{sim_s / 60:.0f}/{hours * 60:.0f} simulated min")
+                bar.update(spark_task, detail=f"{processed():,} events merged")
+
+            produce(settings, prepared, hours, speedup, report, stop_sources, on_progress)
+            sent = report.delivered
+            bar.update(spark_task, total=sent)
+            deadline = time.monotonic() + 300
+            while processed() < sent and time.monotonic() < deadline and not failure:
+                bar.update(spark_task, completed=processed(),
+                           detail=f"{processed():,}/{sent:,} events merged")
+                time.sleep(0.5)
+            bar.update(spark_task, completed=processed(),
+                       detail=f"{processed():,}/{sent:,} events merged")
+    except KeyboardInterrupt:
+        stop_sources.set()
+        say("interrupted: sources stopped; Spark finishes what was sent")
+    finally:
+        stop_spark.set()
+        spark_thread.join()
+    if failure:
+        raise failure[0]
+    report.seconds["run"] = time.monotonic() - clock
+    report.processed = processed()
+    say(f"sent {report.delivered:,} events (twin {report.traffic_events:,} traffic + "
+        f"{report.environment_events:,} environment, Beijing replay {report.replay_events:,}); "
+        f"Spark merged or dead-lettered {report.processed:,}")
+    if report.processed < report.delivered:  # the live run was cut short: finish from checkpoint
+        with console.status("Spark: draining what is left"):
+            run_pipeline(settings, until="available")
+    summarise(settings, report)
+    report.charts = draw_charts(settings)
+    return report
+
+
+def _redacted(url: str) -> str:
+    """postgresql://user:***@host:port/db — never print the password."""
+    head, _, tail = url.partition("://")
+    creds, at, rest = tail.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{head}://{user}:***@{rest}" if at else url
+
+
+def draw_charts(settings: Settings) -> list[Path]:
+    """Charts are drawn by cityos.charts when matplotlib is available (added with the charts)."""
+    try:
+        from cityos import charts
+    except ImportError:
+        return []
+    return charts.demo_charts(settings)
+
+
+def window_age(report: DemoReport) -> timedelta | None:
+    if not report.latest_traffic:
+        return None
+    newest = max(row[2] for row in report.latest_traffic)
+    return datetime.now(UTC) - newest
