@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from cityos.cli import db, demo, geo, jobs, stack, streaming
+from cityos.cli import bench, db, demo, geo, jobs, stack, streaming
 from cityos.errors import CityOSError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 stack.register(app)
 demo.register(app)
 jobs.register(streaming.app)
+bench.register(app)
 app.add_typer(geo.app, name="geo", help="Zones, sensors and intersections of a city.")
 app.add_typer(db.app, name="db", help="Database migrations.")
 app.add_typer(streaming.app, name="stream", help="Sources into Kafka and the Spark jobs.")

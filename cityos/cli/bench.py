@@ -24,39 +24,73 @@ def results_table(report: dict[str, Any]) -> Table:
     """One row per figure: what was measured, the rate, and the target where one applies."""
     r, t = report["results"], report["targets"]
     machine = report["machine"]
-    table = Table(title=f"streaming benchmark {report['run']} ({machine['cores']} cores, "
-                        f"load {machine['load_avg_1m']:.1f} at the end)")
+    table = Table(
+        title=f"streaming benchmark {report['run']} ({machine['cores']} cores, "
+        f"load {machine['load_avg_1m']:.1f} at the end)"
+    )
     for column in ("figure", "count", "seconds", "rate", "MB/s", "target"):
         table.add_column(column, justify="left" if column in ("figure", "target") else "right")
     for p in r.get("producer", []):
-        table.add_row(f"producer {p['client']} (acks=all, idempotent)", _fmt(p["events"]),
-                      _fmt(p["seconds"], 2), _fmt(p["events_per_s"]) + " ev/s",
-                      _fmt(p["mb_per_s"], 1), "")
+        table.add_row(
+            f"producer {p['client']} (acks=all, idempotent)",
+            _fmt(p["events"]),
+            _fmt(p["seconds"], 2),
+            _fmt(p["events_per_s"]) + " ev/s",
+            _fmt(p["mb_per_s"], 1),
+            "",
+        )
     e2e = r.get("end_to_end")
     if e2e:
         for c in e2e["raw"]:
-            table.add_row(f"raw consume, {c['reader']}", _fmt(c["events"]), _fmt(c["seconds"], 2),
-                          _fmt(c["events_per_s"]) + " ev/s", _fmt(c["mb_per_s"], 1), "")
+            table.add_row(
+                f"raw consume, {c['reader']}",
+                _fmt(c["events"]),
+                _fmt(c["seconds"], 2),
+                _fmt(c["events_per_s"]) + " ev/s",
+                _fmt(c["mb_per_s"], 1),
+                "",
+            )
         pl = e2e["pipeline"]
         ok = "met" if pl["events_per_s"] >= t["e2e_events_per_s"] else "NOT met"
-        table.add_row(f"pipeline availableNow ({pl['batches']} batches)", _fmt(pl["events"]),
-                      _fmt(pl["seconds"], 2), _fmt(pl["events_per_s"]) + " ev/s", "",
-                      f">= {t['e2e_events_per_s']:,} ev/s: {ok}")
+        table.add_row(
+            f"pipeline availableNow ({pl['batches']} batches)",
+            _fmt(pl["events"]),
+            _fmt(pl["seconds"], 2),
+            _fmt(pl["events_per_s"]) + " ev/s",
+            "",
+            f">= {t['e2e_events_per_s']:,} ev/s: {ok}",
+        )
         ratio = e2e["pipeline_vs_spark_raw"]
         ok = "met" if ratio >= t["pipeline_vs_raw"] else "NOT met"
-        table.add_row("pipeline / Spark raw consume", "", "", _fmt(ratio, 2), "",
-                      f">= {t['pipeline_vs_raw']}: {ok}")
+        table.add_row(
+            "pipeline / Spark raw consume",
+            "",
+            "",
+            _fmt(ratio, 2),
+            "",
+            f">= {t['pipeline_vs_raw']}: {ok}",
+        )
     lat = r.get("latency")
     if lat and lat.get("n"):
         ok = "met" if lat["p95_s"] <= t["latency_p95_s"] else "NOT met"
-        table.add_row(f"latency at {_fmt(lat['achieved_rate'])} ev/s "
-                      f"(asked {_fmt(lat['target_rate'])}), trigger {lat['trigger_seconds']} s",
-                      _fmt(lat["n"]), _fmt(lat["seconds"], 1),
-                      f"p50 {lat['p50_s']:.2f} s / p95 {lat['p95_s']:.2f} s", "",
-                      f"p95 <= {t['latency_p95_s']} s: {ok}")
+        table.add_row(
+            f"latency at {_fmt(lat['achieved_rate'])} ev/s "
+            f"(asked {_fmt(lat['target_rate'])}), trigger {lat['trigger_seconds']} s",
+            _fmt(lat["n"]),
+            _fmt(lat["seconds"], 1),
+            f"p50 {lat['p50_s']:.2f} s / p95 {lat['p95_s']:.2f} s",
+            "",
+            f"p95 <= {t['latency_p95_s']} s: {ok}",
+        )
     for s in r.get("sink", []):
-        table.add_row(f"PostgreSQL merge_batch, {s['method']}", _fmt(s["rows"]),
-                      _fmt(s["seconds"], 2), _fmt(s["rows_per_s"]) + " rows/s", "", "")
+        table.add_row(
+            f"PostgreSQL merge_batch, {s['method']}",
+            _fmt(s["rows"]),
+            _fmt(s["seconds"], 2),
+            _fmt(s["rows_per_s"]) + " rows/s",
+            "",
+            "",
+        )
     return table
 
 
@@ -73,7 +107,8 @@ def streaming(
         logging.getLogger("kafka").setLevel(logging.WARNING)
     params = Params.quick() if quick else Params()
     result = run_benchmark(params, keep=keep, on_phase=lambda step: console.log(f"bench: {step}"))
-    console.print(results_table(result), width=max(console.width, 140))
+    wide = console if console.is_terminal else Console(width=140)  # a log file: no wrapping
+    wide.print(results_table(result))
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2, default=str) + "\n")
     console.print(f"report written to {report}")
