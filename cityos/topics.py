@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A dead letter carries the original bytes plus reason headers, so its topic takes messages
+# larger than any source topic would (the broker default is about 1 MiB): a 1 MB event that is
+# rejected must still fit in the dead-letter topic, never stop the job.
+DLQ_MAX_MESSAGE_BYTES = 8 << 20
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -38,6 +43,13 @@ class Topics:
     def dlq(topic: str) -> str:
         """Dead letters of a topic: the original bytes with the reason in the headers."""
         return f"{topic}.dlq"
+
+    @staticmethod
+    def configs(topic: str) -> dict[str, str]:
+        """Topic-level settings beyond partitions and retention."""
+        if topic.endswith(".dlq"):
+            return {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+        return {}
 
     def sources(self) -> list[str]:
         return [self.traffic, self.environment]

@@ -8,6 +8,7 @@ is the stack's business, and a job start must not reach Maven Central.
 from __future__ import annotations
 
 import logging
+import sys
 from importlib import resources
 
 from pyspark.sql import SparkSession
@@ -49,6 +50,9 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         .config("spark.jars", jars)
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.local.dir", str(settings.state_dir / "spark-tmp"))
+        # Python workers (if a plan needs any) run this interpreter, which sees the venv
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
     )
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)

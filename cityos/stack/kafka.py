@@ -32,6 +32,7 @@ from cityos.stack.process import (
     terminate,
     wait_until,
 )
+from cityos.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -267,14 +268,15 @@ def ensure_topics(
         missing = [name for name in wanted if name not in existing]
         if not missing:
             return []
-        spec = {
-            "num_partitions": partitions,
-            "replication_factor": 1,
-            "configs": {"retention.ms": str(retention_ms)},
+        specs = {
+            name: {
+                "num_partitions": partitions,
+                "replication_factor": 1,
+                "configs": {"retention.ms": str(retention_ms), **Topics.configs(name)},
+            }
+            for name in missing
         }
-        result = admin.create_topics(
-            {name: spec for name in missing}, raise_errors=False, wait_for_metadata=False
-        )
+        result = admin.create_topics(specs, raise_errors=False, wait_for_metadata=False)
         errors = [
             f"{t['name']}: {t.get('error_message') or t['error_code']}"
             for t in result["topics"]

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import psycopg
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -96,7 +97,14 @@ class SensorRegistry:
         with self._lock:
             stale = time.monotonic() - self._read_at > self._settings.sensor_refresh_s
             if self._frame is None or stale:
-                ids = self._read()
+                try:
+                    ids = self._read()
+                except psycopg.OperationalError as err:
+                    if self._frame is None:
+                        raise
+                    log.warning("sensor registry refresh failed (%s): keeping the last one",
+                                str(err).splitlines()[0])
+                    return self._frame
                 self._frame = spark.createDataFrame([(i,) for i in ids], "sensor_id string")
                 self._read_at = time.monotonic()
                 log.info("sensor registry: %d sensors", len(ids))
@@ -107,6 +115,8 @@ def _from_micros(micros: int) -> datetime:
     """Spark's unix_micros back to an aware UTC datetime (never a naive local one)."""
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
+
+DB_RETRY_S = (1, 2, 4, 8, 15, 30, 30, 30, 30, 30)  # about three minutes of PostgreSQL outage
 
 # ----------------------------------------------------------------------------- one topic
 @dataclass
@@ -167,15 +177,32 @@ class TopicJob:
                     f"stream_commits and the accumulators before reprocessing"
                 )
 
+    def with_db(self, work: Callable[[Any], Any]) -> Any:
+        """``work(conn)`` on a fresh connection; an unreachable PostgreSQL is waited out."""
+        for pause in (*DB_RETRY_S, None):
+            try:
+                with self._connect() as conn:
+                    return work(conn)
+            except psycopg.OperationalError as err:
+                if pause is None:
+                    raise
+                log.warning("%s: PostgreSQL unavailable (%s); retry in %g s", self.name,
+                            str(err).splitlines()[0], pause)
+                time.sleep(pause)
+        return None
+
     def process(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: validate, dead-letter, lake, aggregate, merge; skip merged batches."""
         spark = batch.sparkSession
-        with self._connect() as conn:
+
+        def state(conn):  # noqa: ANN001, ANN202
             done, watermark = batch_state(conn, self.name, batch_id)
-            if done:
-                log.info("%s batch %d was merged before a restart: skipped", self.name, batch_id)
-                return
-            sensors = self.sensors_with_watermarks(spark, conn)
+            return done, watermark, None if done else self.sensors_with_watermarks(spark, conn)
+
+        done, watermark, sensors = self.with_db(state)
+        if done:
+            log.info("%s batch %d was merged before a restart: skipped", self.name, batch_id)
+            return
         judged = classify(
             parse(batch, self.spec, self.settings.max_event_bytes),
             self.spec,
@@ -218,9 +245,8 @@ class TopicJob:
         if valid_n and events.AIR in self.spec.event_types:
             air = partial_rows(air_partials(valid), AIR_PARTIALS)
         commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n)
-        with self._connect() as conn:
-            merged = merge_batch(conn, commit, traffic=traffic, air=air, method=self.method,
-                                 progress=progress)
+        merged = self.with_db(lambda conn: merge_batch(
+            conn, commit, traffic=traffic, air=air, method=self.method, progress=progress))
         if merged:
             self.batches.append(commit)
         log.info(

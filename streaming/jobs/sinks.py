@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from cityos.streaming.jobs.aqi import POLLUTANTS, aqi
 from cityos.streaming.jobs.windows import AIR_MEASURES, AIR_PARTIALS, TRAFFIC_PARTIALS
+from cityos.topics import DLQ_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def write_dlq(invalid: DataFrame, bootstrap: str, dlq_topic: str) -> None:
         invalid.select("key", "value", headers.alias("headers"))
         .write.format("kafka")
         .option("kafka.bootstrap.servers", bootstrap)
+        .option("kafka.max.request.size", str(DLQ_MAX_MESSAGE_BYTES))
         .option("topic", dlq_topic)
         .save()
     )

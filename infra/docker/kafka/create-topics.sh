@@ -25,9 +25,13 @@ retention_ms=$((hours * 3600 * 1000))
 
 for base in "$@"; do
   topic="${prefix}${base}"
+  extra=()
+  case "$topic" in  # cityos.topics.Topics.configs: dead letters carry the original bytes
+    *.dlq) extra=(--config "max.message.bytes=$((8 << 20))") ;;
+  esac
   "$topics_cli" --bootstrap-server "$bootstrap" --create --if-not-exists \
     --topic "$topic" --partitions "$partitions" --replication-factor 1 \
-    --config "retention.ms=${retention_ms}"
+    --config "retention.ms=${retention_ms}" "${extra[@]}"
   echo "create-topics: ${topic} ready"
 done
 "$topics_cli" --bootstrap-server "$bootstrap" --describe
