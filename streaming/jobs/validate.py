@@ -37,7 +37,6 @@ from cityos.streaming.jobs.spec import (
 )
 
 # RFC 3339 date-time: the offset is mandatory, so a naive time never gets a guessed zone
-_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 _INFINITIES = (float("inf"), float("-inf"))
 
 KAFKA_COLUMNS = ("key", "value", "topic", "partition", "offset", "timestamp")
@@ -78,8 +77,32 @@ def _present(name: str) -> Column:
 
 
 def as_time(text: Column) -> Column:
-    """RFC 3339 text -> timestamp (UTC), NULL when malformed."""
-    return F.when(text.rlike(_RFC3339), text.try_cast("timestamp"))
+    """RFC 3339 text -> timestamp (UTC), NULL when malformed or without an offset.
+
+    Spark's cast accepts more than RFC 3339 (a date alone, a time without offset read in the
+    session zone), so the shape is checked first: at least ``YYYY-MM-DDThh:mm:ssZ``, a ``T``,
+    ``t`` or space at position 11, and ``Z`` or ``±hh:mm`` at the end. These are plain character
+    tests: a regular expression here cost a third of the validation time (measured, 100k events).
+    """
+    zulu = F.substring(text, -1, 1).isin("Z", "z")
+    offset = F.substring(text, -6, 1).isin("+", "-") & (F.substring(text, -3, 1) == ":")
+    shaped = (F.length(text) >= 20) & F.substring(text, 11, 1).isin("T", "t", " ") & (zulu | offset)
+    return F.when(shaped, text.try_cast("timestamp"))
+
+
+def _t(name: str) -> Column:
+    """The parsed timestamp of a time field, computed once per row by :func:`with_times`."""
+    return F.col(f"_t_{name}")
+
+
+def time_fields(spec: TopicSpec) -> list[str]:
+    return sorted({f.name for t in spec.event_types for f in fields(t) if f.is_time})
+
+
+def with_times(parsed: DataFrame, spec: TopicSpec) -> DataFrame:
+    """Each time field parsed once into ``_t_<name>``; the rules and the event time refer to
+    these columns instead of parsing the text again in every rule that needs it."""
+    return parsed.select("*", *(as_time(_j(n)).alias(f"_t_{n}") for n in time_fields(spec)))
 
 
 def _any(predicates: Iterable[Column]) -> Column:
@@ -90,7 +113,7 @@ def _any(predicates: Iterable[Column]) -> Column:
 def event_time(spec: TopicSpec) -> Column:
     """The event-time field of the row's type, as a timestamp."""
     by_type = [
-        F.when(_j("type") == t, as_time(_j(events.EVENT_TIME_FIELD[t]))) for t in spec.event_types
+        F.when(_j("type") == t, _t(events.EVENT_TIME_FIELD[t])) for t in spec.event_types
     ]
     return F.coalesce(*by_type) if len(by_type) > 1 else by_type[0]
 
@@ -103,7 +126,7 @@ def _field_checks(f: Field) -> dict[str, Column]:
         checks["missing_field"] = ~_present(f.name)
     wrong = F.col(f"j.{CORRUPT}").isNotNull() & F.col(f"s.{f.name}").isNotNull() & col.isNull()
     if f.is_time:
-        wrong = wrong | (col.isNotNull() & as_time(col).isNull())
+        wrong = wrong | (col.isNotNull() & _t(f.name).isNull())
     checks["wrong_type"] = wrong
     if f.json_type == "number":
         checks["non_finite"] = F.isnan(col) | col.isin(*_INFINITIES)
@@ -137,7 +160,7 @@ def _type_checks(event_type: str) -> dict[str, Column]:
         for reason, predicate in _field_checks(f).items():
             merged.setdefault(reason, []).append(predicate)
     if event_type in events.PERIOD_TYPES:
-        start, end = as_time(_j("dateObservedFrom")), as_time(_j("dateObservedTo"))
+        start, end = _t("dateObservedFrom"), _t("dateObservedTo")
         period = int(events.MAX_PERIOD.total_seconds())
         merged["bad_period"] = [
             (end <= start) | (end > start + F.expr(f"INTERVAL {period} SECONDS"))
@@ -198,7 +221,7 @@ def classify(parsed: DataFrame, spec: TopicSpec, sensors: DataFrame, limits: Lim
                  else F.lit(None).cast("timestamp"))
     known = sensors.select(F.col("sensor_id").alias("_sensor"), F.lit(True).alias("_known"),
                            watermark.alias("_watermark"))
-    joined = parsed.withColumn("event_time", event_time(spec)).join(
+    joined = with_times(parsed, spec).withColumn("event_time", event_time(spec)).join(
         F.broadcast(known), _j("refDevice") == F.col("_sensor"), "left"
     )
     judged = joined.withColumn("reason", reason_column(rules(spec, limits)))
