@@ -35,8 +35,6 @@ CITYOS_DOCKERFILE = "infra/docker/Dockerfile"
 # `cityos` commands the compose file runs before their part has written them. Each entry names
 # the part that owns it; once the command exists its options are checked like any other.
 PLANNED_COMMANDS: dict[tuple[str, ...], str] = {
-    ("stream", "run"): "streaming part: the Spark job, Kafka -> PostgreSQL + lake",
-    ("stream", "twin"): "streaming part: the SUMO twin of Cologne into Kafka",
     ("nlq", "serve"): "NL-query part: the HTTP API with GET /health",
 }
 # Services built from the CityOS image that run something other than the `cityos` CLI.
