@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def produce(settings: Settings, prepared: Any, hours: float, speedup: float, rep
 
     topics = Topics(settings.topic_prefix)
     duration = hours * 3600.0
-    producer = make_producer(settings.kafka_bootstrap, "kafka-python")
+    producer = make_producer(settings.kafka_bootstrap, settings.producer_client)
     try:
         records, _missing = replay.beijing_records(settings.data_dir, BEIJING_FROM, BEIJING_TO)
         sent = replay.publish(records, producer, topics, rebase=True, stop=stop)
@@ -267,16 +267,6 @@ def _redacted(url: str) -> str:
 
 
 def draw_charts(settings: Settings) -> list[Path]:
-    """Charts are drawn by cityos.charts when matplotlib is available (added with the charts)."""
-    try:
-        from cityos import charts
-    except ImportError:
-        return []
-    return charts.demo_charts(settings)
+    from cityos.charts import demo_charts
 
-
-def window_age(report: DemoReport) -> timedelta | None:
-    if not report.latest_traffic:
-        return None
-    newest = max(row[2] for row in report.latest_traffic)
-    return datetime.now(UTC) - newest
+    return demo_charts(settings)

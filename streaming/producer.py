@@ -180,8 +180,12 @@ PRODUCERS: dict[str, type[KafkaPythonProducer] | type[ConfluentProducer]] = {
 }
 
 
-def make_producer(bootstrap: str, client: str = "kafka-python", **overrides: Any) -> EventProducer:
-    """A producer of the named client library."""
+def make_producer(bootstrap: str, client: str = "confluent", **overrides: Any) -> EventProducer:
+    """A producer of the named client library (``CITYOS_PRODUCER_CLIENT``).
+
+    confluent-kafka is the default: at our load (150,000 TrafficFlowObserved events, acks=all,
+    idempotent) it sent 64,354 events/s against kafka-python's 6,693 on the same 2 cores
+    (`make bench-streaming`, reports/bench-streaming.json); kafka-python stays available."""
     try:
         cls = PRODUCERS[client]
     except KeyError:
