@@ -28,7 +28,6 @@ BASE_CONF = {
     "spark.sql.adaptive.enabled": "true",
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",  # no empty batches to merge
     "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
-    "spark.sql.sources.partitionOverwriteMode": "dynamic",  # lake: overwrite only a batch's folder
     "spark.sql.parquet.compression.codec": "zstd",
     "spark.python.worker.reuse": "true",
     # SPARK-55271: the V2 Kafka micro-batch stream of spark-sql-kafka 4.1.1 throws a

@@ -39,6 +39,7 @@ from cityos.streaming.jobs.sinks import (
     Method,
     batch_state,
     has_commits,
+    lake_date,
     log_dead_letters,
     merge_batch,
     partial_rows,
@@ -223,16 +224,20 @@ class TopicJob:
     def _sink(self, judged: DataFrame, batch_id: int, watermark: datetime | None) -> None:
         clock = _StageClock()
         stats = judged.groupBy("reason").agg(
-            F.count(F.lit(1)).alias("n"), F.max(F.unix_micros("event_time")).alias("latest")
+            F.count(F.lit(1)).alias("n"),
+            F.max(F.unix_micros("event_time")).alias("latest"),
+            F.collect_set(lake_date()).alias("dates"),
         ).collect()
         clock.lap("judge")
         by_reason = {r.reason: r.n for r in stats if r.reason is not None}
-        valid_n = sum(r.n for r in stats if r.reason is None)
-        latest = next((r.latest for r in stats if r.reason is None), None)
+        valid_stats = next((r for r in stats if r.reason is None), None)
+        valid_n = valid_stats.n if valid_stats else 0
+        latest = valid_stats.latest if valid_stats else None
         dead_n = sum(by_reason.values())
         valid = judged.where(F.col("reason").isNull())
-        if valid_n:
-            write_lake(valid, self.settings.lake_dir / self.topic, batch_id)  # type: ignore[operator]
+        if valid_stats:
+            lake = self.settings.lake_dir / self.topic  # type: ignore[operator]
+            write_lake(valid, lake, batch_id, valid_stats.dates)
             clock.lap("lake")
         if dead_n:
             invalid = judged.where(F.col("reason").isNotNull())
