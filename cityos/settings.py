@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         description="PostgreSQL URL of the serving database (postgresql://user:pass@host:port/db)",
     )
     topic_prefix: str = ""
-    producer_client: Literal["confluent", "kafka-python"] = "confluent"  # see streaming/producer.py
+    producer_client: Literal["kafka-python", "confluent"] = "kafka-python"  # streaming/producer.py
 
     # embedded stack ports (only `cityos up` uses them)
     kafka_port: int = 19092
