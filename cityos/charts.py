@@ -46,38 +46,19 @@ def _frame(conn, query: str, city: str):  # noqa: ANN001, ANN202 - psycopg conne
     return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
 
 
-def congestion_chart(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
-    """Mean congestion index per intersection over time (5-minute windows)."""
+def _line_chart(data, series: str, y: str, title: str, ylabel: str, path: Path,  # noqa: ANN001
+                ylim: tuple[float, float] | None = None) -> Path | None:
+    """One line per ``series`` value over ``window_start``."""
     import matplotlib.pyplot as plt
 
-    data = _frame(conn, CONGESTION_SERIES, city)
     if data.empty:
         return None
     fig, ax = plt.subplots(figsize=(11, 5))
-    for name, rows in data.groupby("name"):
-        ax.plot(rows.window_start, rows.congestion, label=name, linewidth=1.2)
-    ax.set(title=f"{city}: congestion index per intersection (5-minute windows, UTC)",
-           ylabel="congestion index (0 free flow .. 1 standstill)", ylim=(0, 1))
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def aqi_chart(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
-    """Hourly AQI per station."""
-    import matplotlib.pyplot as plt
-
-    data = _frame(conn, AQI_SERIES, city)
-    if data.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(11, 5))
-    for name, rows in data.groupby("name"):
-        ax.plot(rows.window_start, rows.aqi, label=name, linewidth=1.0)
-    ax.set(title=f"{city}: hourly AQI per station (UTC)", ylabel="AQI")
+    for name, rows in data.groupby(series):
+        ax.plot(rows.window_start, rows[y], label=name, linewidth=1.1)
+    ax.set(title=title, ylabel=ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
     ax.legend(fontsize=7, ncol=3, loc="upper left")
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
@@ -85,6 +66,23 @@ def aqi_chart(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def congestion_chart(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
+    """Mean congestion index per intersection over time (5-minute windows)."""
+    return _line_chart(
+        _frame(conn, CONGESTION_SERIES, city), "name", "congestion",
+        f"{city}: congestion index per intersection (5-minute windows, UTC)",
+        "congestion index (0 free flow .. 1 standstill)", path, ylim=(0, 1),
+    )
+
+
+def aqi_chart(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
+    """Hourly AQI per station."""
+    return _line_chart(
+        _frame(conn, AQI_SERIES, city), "name", "aqi",
+        f"{city}: hourly AQI per station (UTC)", "AQI", path,
+    )
 
 
 def sensor_map(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001

@@ -34,22 +34,13 @@ from psycopg import sql
 from cityos import events
 from cityos.db import connect
 from cityos.settings import REPO_ROOT, Settings
+from cityos.streaming.jobs.windows import AIR_MEASURES
 from cityos.streaming.producer import DeliveryStats
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPEED_LIMIT_KMH = 50.0  # the urban limit a sensor without a registered one gets
-AIR_COLUMNS = {  # event field -> air_quality_1h column
-    "pm25": "pm25",
-    "pm10": "pm10",
-    "no2": "no2",
-    "o3": "o3",
-    "so2": "so2",
-    "co": "co",
-    "temperature": "temperature_c",
-    "relativeHumidity": "relative_humidity",
-    "windSpeed": "wind_speed_ms",
-}
+AIR_COLUMNS = AIR_MEASURES  # event field -> air_quality_1h column (a naming table)
 
 
 # ----------------------------------------------------------------------------- waiting
