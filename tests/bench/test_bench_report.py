@@ -101,6 +101,9 @@ def test_progress_span_covers_first_start_to_last_end() -> None:
     assert progress.span("q") == (5.0, 150)
     assert progress.span() == (10.0, 157)
     assert progress.span("missing") == (0.0, 0)
+    # steady state: from the second batch with rows (t0+2 s) to the last end (t0+5 s)
+    assert progress.steady("q") == (3.0, 50)
+    assert progress.steady("other") == (0.0, 0)  # one batch only: no steady state yet
 
 
 def test_sink_rows_have_distinct_window_keys() -> None:
