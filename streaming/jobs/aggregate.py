@@ -106,10 +106,23 @@ class SensorRegistry:
                     log.warning("sensor registry refresh failed (%s): keeping the last one",
                                 str(err).splitlines()[0])
                     return self._frame
-                self._frame = spark.createDataFrame([(i,) for i in ids], "sensor_id string")
+                self._frame = literal_frame(spark, ["sensor_id"], [(i,) for i in ids])
                 self._read_at = time.monotonic()
                 log.info("sensor registry: %d sensors", len(ids))
             return self._frame
+
+
+def literal_frame(spark: SparkSession, columns: list[str], rows: list[tuple]) -> DataFrame:
+    """A small DataFrame held in the plan as literals.
+
+    ``spark.createDataFrame(list)`` is backed by a Python RDD: every micro-batch that broadcasts
+    it starts Python workers to unpickle the rows. Literals stay in the JVM.
+    """
+    if not rows:  # typed as text, like the sensor ids it stands for
+        return spark.range(0).select(*(F.lit(None).cast("string").alias(c) for c in columns))
+    structs = [F.struct(*(F.lit(v).alias(c) for c, v in zip(columns, row, strict=True)))
+               for row in rows]
+    return spark.range(1).select(F.inline(F.array(*structs)))
 
 
 def _from_micros(micros: int) -> datetime:
@@ -163,7 +176,7 @@ class TopicJob:
         registry = self.registry.frame(spark)
         if not progress:
             return registry
-        marks = spark.createDataFrame(progress, "sensor_id string, watermark timestamp")
+        marks = literal_frame(spark, ["sensor_id", "watermark"], progress)
         return registry.join(F.broadcast(marks), "sensor_id", "left")
 
     def check_checkpoint(self) -> None:
