@@ -55,6 +55,39 @@ class DemoReport:
 Say = Callable[[str], None]
 
 
+# What a demo run produces; a fresh run clears it so that it can be repeated. Sensor watermarks
+# in particular: a second run's twin starts hours before now again, which the first run's
+# watermarks would otherwise judge late.
+STREAM_TABLES = ["traffic_5m", "air_quality_1h", "traffic_5m_acc", "air_quality_1h_acc",
+                 "stream_commits", "sensor_watermarks"]
+
+
+def reset_streams(settings: Settings, say: Say) -> None:
+    """Empty the topics, checkpoints, lake and streamed tables of earlier runs (not the zones)."""
+    import shutil
+
+    from psycopg import sql
+
+    from cityos.db import connect
+    from cityos.stack import delete_topics, ensure_topics
+    from cityos.stack.kafka import admin_client
+
+    topics = Topics(settings.topic_prefix).all()
+    delete_topics(settings.kafka_bootstrap, topics)
+    with admin_client(settings.kafka_bootstrap) as admin:  # deletion completes asynchronously
+        deadline = time.monotonic() + 30
+        while set(topics) & set(admin.list_topics()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.kafka_partitions,
+                  retention_ms=settings.kafka_retention_hours * 3600 * 1000)
+    for folder in (settings.state_dir / "checkpoints", settings.lake_dir):
+        shutil.rmtree(folder, ignore_errors=True)  # type: ignore[arg-type]
+    with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, STREAM_TABLES))))
+    say("cleared the streams of earlier runs (topics, checkpoints, lake, streamed tables)")
+
+
 def register(settings: Settings, say: Say) -> Any:
     """Zones of Cologne and Beijing, the twin's signals and sensors, Beijing's stations."""
     from cityos.db import connect
@@ -161,7 +194,7 @@ def summarise(settings: Settings, report: DemoReport) -> None:
 
 
 def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup: float,
-             console: Any) -> DemoReport:
+             console: Any, fresh: bool = True) -> DemoReport:
     """Everything `make demo` does; ``console`` is a rich Console for progress and tables."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -178,6 +211,9 @@ def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup:
     say(f"stack up: Kafka at {settings.kafka_bootstrap}, PostgreSQL at "
         f"{_redacted(settings.database_url.get_secret_value())}")
 
+    if fresh:
+        with console.status("clearing earlier runs"):
+            reset_streams(settings, say)
     clock = time.monotonic()
     with console.status("loading zones and registering sensors"):
         prepared = register(settings, say)
@@ -227,7 +263,12 @@ def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup:
                            detail=f"{sim_s / 60:.0f}/{hours * 60:.0f} simulated min")
                 bar.update(spark_task, detail=f"{processed():,} events merged")
 
-            produce(settings, prepared, hours, speedup, report, stop_sources, on_progress)
+            try:
+                produce(settings, prepared, hours, speedup, report, stop_sources, on_progress)
+            except KeyboardInterrupt:
+                stop_sources.set()
+                say("interrupted: sources stopped; Spark merges what was sent "
+                    "(Ctrl-C again to stop it now)")
             sent = report.delivered
             bar.update(spark_task, total=sent)
             deadline = time.monotonic() + 300
@@ -238,8 +279,7 @@ def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup:
             bar.update(spark_task, completed=processed(),
                        detail=f"{processed():,}/{sent:,} events merged")
     except KeyboardInterrupt:
-        stop_sources.set()
-        say("interrupted: sources stopped; Spark finishes what was sent")
+        say("stopping Spark now; what it had not merged is drained from its checkpoint")
     finally:
         stop_spark.set()
         spark_thread.join()

@@ -18,13 +18,16 @@ def demo_command(
     speedup: float = typer.Option(
         240.0, min=1.0, help="simulated seconds per wall second ('inf': as fast as SUMO runs)"
     ),
+    fresh: bool = typer.Option(
+        True, help="clear earlier runs' topics, checkpoints, lake and streamed tables first"
+    ),
 ) -> None:
     """Start the embedded stack, run the Cologne twin and the Beijing replay through Kafka and
     Spark into PostgreSQL and the lake, and show what landed where."""
     from cityos.demo import _redacted, run_demo
 
     console = Console()
-    report = run_demo(load_settings, hours=hours, speedup=speedup, console=console)
+    report = run_demo(load_settings, hours=hours, speedup=speedup, console=console, fresh=fresh)
     settings = load_settings()
 
     rows = Table(title="serving tables (PostgreSQL)", show_edge=False)
