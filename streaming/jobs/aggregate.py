@@ -37,6 +37,7 @@ from cityos.streaming.jobs.sinks import (
     TRAFFIC_PARTIALS,
     BatchCommit,
     Method,
+    as_utc,
     batch_state,
     has_commits,
     lake_date,
@@ -123,11 +124,6 @@ def literal_frame(spark: SparkSession, columns: list[str], rows: list[tuple]) ->
     structs = [F.struct(*(F.lit(v).alias(c) for c, v in zip(columns, row, strict=True)))
                for row in rows]
     return spark.range(1).select(F.inline(F.array(*structs)))
-
-
-def _from_micros(micros: int) -> datetime:
-    """Spark's unix_micros back to an aware UTC datetime (never a naive local one)."""
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
 
 DB_RETRY_S = (1, 2, 4, 8, 15, 30, 30, 30, 30, 30)  # about three minutes of PostgreSQL outage
@@ -259,7 +255,7 @@ class TopicJob:
             log_dead_letters(invalid, dlq, dead_n)
             clock.lap("dlq")
         if latest is not None:
-            candidate = _from_micros(latest) - self.lateness
+            candidate = as_utc(latest) - self.lateness
             watermark = candidate if watermark is None else max(watermark, candidate)
         traffic = air = []
         if valid_n and events.TRAFFIC in self.spec.event_types:
@@ -285,7 +281,7 @@ class TopicJob:
 def sensor_latest(valid: DataFrame) -> list[tuple[str, datetime]]:
     """(sensor_id, newest event time) of the sensors in a batch's valid rows."""
     latest = valid.groupBy("sensor_id").agg(F.max(F.unix_micros("event_time")).alias("latest"))
-    return [(r.sensor_id, _from_micros(r.latest)) for r in latest.collect()]
+    return [(r.sensor_id, as_utc(r.latest)) for r in latest.collect()]
 
 
 class _StageClock:

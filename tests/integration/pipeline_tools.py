@@ -34,12 +34,12 @@ from psycopg import sql
 from cityos import events
 from cityos.db import connect
 from cityos.settings import REPO_ROOT, Settings
+from cityos.streaming.jobs.sinks import DEFAULT_SPEED_LIMIT_KMH
 from cityos.streaming.jobs.windows import AIR_MEASURES
 from cityos.streaming.producer import DeliveryStats
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SPEED_LIMIT_KMH = 50.0  # the urban limit a sensor without a registered one gets
 AIR_COLUMNS = AIR_MEASURES  # event field -> air_quality_1h column (a naming table)
 
 
