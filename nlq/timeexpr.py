@@ -264,7 +264,9 @@ CLOCK_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str], _Context], Tim
     (re.compile(r"\b(morning|afternoon|evening|tonight|night)\b"), _day_part),
 ]  # fmt: skip
 
-LATEST = re.compile(r"\b(now|current(ly)?|latest|at the moment|at present|most recent|presently)\b")
+LATEST = re.compile(
+    r"\b(now|current(ly)?|latest|at the moment|at this moment|at present|most recent|presently)\b"
+)
 
 
 def _whole_day(ctx: _Context, day: date, text: str) -> TimeRange:
