@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     twin_start: str | None = None  # ISO-8601 UTC for simulated t=0; default: now
     aqi_standard: Literal["us_epa", "china_hj633"] = "us_epa"
 
+    # NL-query service (nlq/service.py; tokens, actions and audit in the tables of 0005)
+    nlq_host: str = "127.0.0.1"
+    nlq_port: int = Field(default=8080, ge=1, le=65535)
+    nlq_rate_per_minute: int = Field(default=120, ge=1)  # per token; bursts of as many
+    nlq_action_ttl_s: int = Field(default=900, ge=1)  # a proposal not approved by then expires
+    nlq_min_cycle_s: float = Field(default=30.0, gt=0)  # signal cycle bounds after a change
+    nlq_max_cycle_s: float = Field(default=180.0, gt=0)
+    nlq_max_question_chars: int = Field(default=2000, ge=1)
+    nlq_db_pool_size: int = Field(default=4, ge=1)  # connections the service keeps
+    nlq_model_dir: Path | None = None  # a trained model folder; None: the one for this code
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_port(cls, value: str) -> str:

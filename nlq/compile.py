@@ -45,9 +45,11 @@ JOINS = {  # alias -> (table, ON left column, ON right column)
     "s": ("sensors", ("s", "sensor_id"), ("t", "sensor_id")),
     "z": ("zones", ("z", "zone_id"), ("s", "zone_id")),
     "i": ("intersections", ("i", "intersection_id"), ("s", "intersection_id")),
+    "pz": ("zones", ("pz", "zone_id"), ("z", "parent_zone_id")),  # LEFT JOIN: the parent zone
 }
 GROUP_KEYS: dict[GroupBy, tuple[tuple[str, str], ...]] = {  # (alias, column); last is shown
     GroupBy.ZONE: (("z", "name"),),
+    GroupBy.DISTRICT: (("pz", "name"), ("z", "name")),  # COALESCE(parent, own) name
     GroupBy.SENSOR: (("s", "sensor_id"), ("s", "name")),
     GroupBy.INTERSECTION: (("i", "intersection_id"), ("i", "name")),
     GroupBy.STREET: (("s", "road_name"),),
@@ -134,7 +136,12 @@ def build(plan: QueryPlan) -> exp.Select:
     projections: list[exp.Expr] = []
     group: list[exp.Expr] = []
     for g in plan.group_by:
-        if g in GROUP_KEYS:
+        if g is GroupBy.DISTRICT:
+            aliases.update(("z", "pz"))
+            name = exp.Coalesce(this=_col("pz", "name"), expressions=[_col("z", "name")])
+            group.append(name)
+            projections.append(exp.alias_(name.copy(), "district"))
+        elif g in GROUP_KEYS:
             keys = [_col(a, c) for a, c in GROUP_KEYS[g]]
             aliases.update(a for a, _ in GROUP_KEYS[g])
             group.extend(keys)
@@ -148,14 +155,20 @@ def build(plan: QueryPlan) -> exp.Select:
 
     measure = value if point else AGG_FUNCS[agg](value)
     named = point or agg is Aggregation.AVG
-    projections.append(exp.alias_(measure, plan.metric if named else f"{agg.value}_{plan.metric}"))
+    if not plan.distinct:
+        label = plan.metric if named else f"{agg.value}_{plan.metric}"
+        projections.append(exp.alias_(measure, label))
 
     query = exp.select(*projections).from_(exp.to_table(table).as_(t))
-    for alias in ("s", "z", "i"):
+    if plan.distinct:
+        query = query.distinct()
+        group = []
+    for alias in ("s", "z", "pz", "i"):
         if alias in aliases:
             joined, (la, lc), (ra, rc) = JOINS[alias]
             on = exp.EQ(this=_col(la, lc), expression=_col(ra if ra != "t" else t, rc))
-            query = query.join(exp.to_table(joined).as_(alias), on=on)
+            kind = "left" if alias == "pz" else None
+            query = query.join(exp.to_table(joined).as_(alias), on=on, join_type=kind)
 
     where: list[exp.Expr] = [_scope_predicate(plan, t)]
     if plan.time is not None:
@@ -168,7 +181,9 @@ def build(plan: QueryPlan) -> exp.Select:
     if group:
         query = query.group_by(*group)
 
-    if point and latest and not plan.group_by:
+    if plan.distinct:
+        pass
+    elif point and latest and not plan.group_by:
         query = query.order_by(exp.Ordered(this=_col(t, "window_start"), desc=True)).limit(1)
     elif plan.order is not None:
         query = query.order_by(exp.Ordered(this=measure.copy(), desc=plan.order is Order.DESC))

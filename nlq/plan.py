@@ -32,7 +32,8 @@ class ScopeKind(StrEnum):
 
 
 class GroupBy(StrEnum):
-    ZONE = "zone"
+    ZONE = "zone"  # the sensor's own (smallest) zone
+    DISTRICT = "district"  # the district: a sub-district's parent, else the zone itself
     SENSOR = "sensor"
     INTERSECTION = "intersection"
     STREET = "street"
@@ -105,6 +106,7 @@ class QueryPlan:
     order: Order | None = None  # order rows by the value (top-k with limit)
     limit: int | None = None
     conditions: tuple[Condition, ...] = field(default=())
+    distinct: bool = False  # "which sensors had ...": only the group_by names, once each
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -113,6 +115,8 @@ class QueryPlan:
         for cond in self.conditions:
             if METRICS[cond.metric].table != table:
                 raise PlanError(f"condition on {cond.metric} is not in {table}")
+        if self.distinct and not self.group_by:
+            raise PlanError("a distinct listing needs something to list (group_by)")
         if self.limit is not None and self.limit < 1:
             raise PlanError("limit must be at least 1")
         if self.time is not None and self.time.kind is RangeKind.LATEST and self.group_by:
