@@ -1,0 +1,736 @@
+"""Control actions: validated when proposed, applied only after a person approves them.
+
+``ActionService.propose`` stores every draft the pipeline hands over, as ``proposed`` when it
+keeps the rules below and as ``rejected`` with the reason when it breaks one:
+
+- signal_timing: the intersection and the phase exist; the new green lies within the phase's
+  ``[min_green_s, max_green_s]``; the cycle Σ(green_s + intergreen_s) after the change lies
+  within the configured bounds; intergreens (yellow + all-red) are never changed; at most one
+  pending (proposed, or approved and not yet applied) change per intersection.
+- alert: acknowledge needs a firing alert, resolve a firing or acknowledged one; raise needs a
+  zone that exists, a severity (info | warning | critical) and a message.
+
+Approval needs an operator (or admin) other than the proposer whenever more than one person
+holds such a token (four eyes), before the proposal expires. An approved alert operation is
+applied to ``alerts`` at once; an approved signal change goes to the configured ``Actuator``
+(none yet: it stays ``approved`` with a note). Every step lands in ``action_audit`` with who,
+when, and the target's state before and after.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
+
+from cityos.nlq.audit import iso_utc, storable
+from cityos.nlq.auth import Principal
+from cityos.nlq.errors import NLQError
+from cityos.nlq.reply import ActionDraft
+from cityos.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
+
+PENDING = ("proposed", "approved")  # the statuses that hold an intersection
+SEVERITIES = ("info", "warning", "critical")
+MAX_MESSAGE_CHARS = 500
+SIGNAL_PARAMS = {"phase_index", "green_s"}
+INTERGREEN_PARAMS = {"intergreen_s", "yellow_s", "all_red_s", "red_s"}
+
+
+@dataclass(frozen=True)
+class AlertOperation:
+    applies_to: tuple[str, ...]  # alert statuses it may act on
+    status_after: str
+
+
+ALERT_OPERATIONS = {
+    "acknowledge": AlertOperation(applies_to=("firing",), status_after="acknowledged"),
+    "resolve": AlertOperation(applies_to=("firing", "acknowledged"), status_after="resolved"),
+}
+
+
+class ActionError(NLQError):
+    """An action request the service cannot carry out; the API turns these into 4xx replies."""
+
+
+class ActionNotFound(ActionError):
+    def __init__(self, action_id: str) -> None:
+        self.action_id = action_id
+        super().__init__(f"no action {action_id!r}")
+
+
+class ActionConflict(ActionError):
+    """The action's status does not allow the step (already decided, expired)."""
+
+
+class ActionForbidden(ActionError):
+    """The caller may not take this step (role too low, or the four-eyes rule)."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """A stored action, as the table ``actions`` holds it."""
+
+    action_id: str
+    kind: str
+    status: str
+    target: dict[str, Any]
+    params: dict[str, Any]
+    reason: str
+    summary: str | None
+    question: str | None
+    intersection_id: str | None
+    proposed_by: str
+    proposed_at: datetime
+    expires_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    applied_at: datetime | None = None
+    note: str | None = None
+
+    def contract_json(self) -> dict[str, Any]:
+        """The fields of the ``action`` in an ``/ask`` reply (nlq-api.md)."""
+        return {
+            "action_id": self.action_id,
+            "kind": self.kind,
+            "status": self.status,
+            "target": self.target,
+            "params": self.params,
+            "reason": self.reason,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything about the action, for the actions routes."""
+        return {
+            **self.contract_json(),
+            "summary": self.summary,
+            "question": self.question,
+            "proposed_by": self.proposed_by,
+            "proposed_at": iso_utc(self.proposed_at),
+            "expires_at": iso_utc(self.expires_at),
+            "decided_by": self.decided_by,
+            "decided_at": iso_utc(self.decided_at),
+            "applied_at": iso_utc(self.applied_at),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The target's state before and after an action took effect."""
+
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+class Actuator(Protocol):
+    """Puts an approved signal-timing change into effect on a controller.
+
+    Implementations: the SUMO twin through TraCI (future work), a real controller (NTCIP-style)
+    behind the same call. ``apply`` returns the plan before and after, once the controller has
+    confirmed the change, and raises when it could not be made.
+    """
+
+    def apply(self, action: Action) -> Applied: ...
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What validating a draft found: the problems (none: it may be proposed) and the change."""
+
+    change: str  # what it would change, in words
+    target: dict[str, Any]
+    params: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    before: dict[str, Any] | None = None  # the target's state now
+    after: dict[str, Any] | None = None  # and as the action would leave it
+
+    @classmethod
+    def invalid(cls, problem: str, target: dict[str, Any], params: dict[str, Any]) -> Assessment:
+        return cls(change="", target=target, params=params, problems=[problem])
+
+    @property
+    def problem(self) -> str | None:
+        return "; ".join(self.problems) or None
+
+
+def _one(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchone()
+
+
+def _all(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchall()
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number as float (booleans are not numbers here), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _phase_index(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+class ActionService:
+    """Proposes, approves, rejects and expires actions in the tables of migration 0005."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        settings: Settings,
+        actuator: Actuator | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._connect = connect
+        self._settings = settings
+        self._actuator = actuator
+        self._clock = clock
+
+    # ---- the steps ------------------------------------------------------------------------
+
+    def propose(self, draft: ActionDraft, principal: Principal) -> Action:
+        """Validate and store a draft: ``proposed``, or ``rejected`` with the reason."""
+        if not principal.has_role("operator"):
+            raise ActionForbidden("proposing control actions needs the operator role")
+        now = self._clock()
+        self.expire_due()
+        target, params = storable(dict(draft.target)), storable(dict(draft.params))
+        intersection_id = target.get("intersection_id") if draft.kind == "signal_timing" else None
+        with self._connect() as conn:
+            if isinstance(intersection_id, str):  # one proposal at a time per intersection
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    ("cityos.actions:" + intersection_id,),
+                )
+            assessment = self._assess(conn, draft.kind, target, params)
+            problem = assessment.problem
+            action = Action(
+                action_id="act_" + secrets.token_hex(6),
+                kind=draft.kind,
+                status="rejected" if problem else "proposed",
+                target=assessment.target,
+                params=assessment.params,
+                reason=problem or assessment.change,
+                summary=storable(draft.summary),
+                question=storable(draft.question),
+                intersection_id=intersection_id if isinstance(intersection_id, str) else None,
+                proposed_by=principal.name,
+                proposed_at=now,
+                expires_at=now + timedelta(seconds=self._settings.nlq_action_ttl_s),
+                decided_at=now if problem else None,
+            )
+            if action.status == "proposed" and action.intersection_id is not None:
+                self._supersede(conn, action, principal)
+            self._insert(conn, action)
+            self._audit(
+                conn,
+                action,
+                "reject_invalid" if problem else "propose",
+                principal,
+                None,
+                assessment.before,
+                assessment.after,
+                problem,
+            )
+        log.info(
+            "action %s %s by %s: %s", action.action_id, action.status, principal.name, action.reason
+        )
+        return action
+
+    def approve(self, action_id: str, principal: Principal) -> Action:
+        """Approve a proposal: an alert operation takes effect now, a signal change goes to the
+        actuator."""
+        self._require_operator(principal, "approve")
+        self.expire_due()
+        now = self._clock()
+        with self._connect() as conn:
+            action = self._load(conn, action_id, for_update=True)
+            if action.status != "proposed":
+                raise ActionConflict(
+                    f"action {action_id} is {action.status}; only a proposed action can be approved"
+                )
+            if action.expires_at <= now:
+                raise ActionConflict(f"action {action_id} expired at {iso_utc(action.expires_at)}")
+            if principal.name == action.proposed_by and self._approvers(conn) > 1:
+                raise ActionForbidden(
+                    f"four eyes: {principal.name} proposed action {action_id}; another operator "
+                    "must approve it"
+                )
+            approved = replace(action, status="approved", decided_by=principal.name, decided_at=now)
+            current = self._assess(conn, action.kind, action.target, action.params, action_id)
+            self._audit(
+                conn, approved, "approve", principal, action.status, current.before, current.after
+            )
+            if current.problem:  # the world changed since it was proposed
+                return self._finish(conn, approved, principal, failed=current.problem)
+            if action.kind == "alert":
+                applied = self._apply_alert(conn, action, now)
+                if applied is None:
+                    return self._finish(
+                        conn, approved, principal, failed="the alert changed meanwhile"
+                    )
+                return self._finish(conn, approved, principal, applied=applied)
+            if self._actuator is None:
+                note = "approved; no actuator is configured, so no controller was changed"
+                return self._finish(conn, approved, principal, note=note)
+            self._save(conn, approved)
+        return self._actuate(approved, principal)
+
+    def reject(self, action_id: str, principal: Principal, note: str | None = None) -> Action:
+        """Discard a proposal (or an approved change that has not been applied yet)."""
+        self._require_operator(principal, "reject")
+        self.expire_due()
+        now = self._clock()
+        with self._connect() as conn:
+            action = self._load(conn, action_id, for_update=True)
+            if action.status not in PENDING:
+                raise ActionConflict(
+                    f"action {action_id} is {action.status}; only a pending action can be rejected"
+                )
+            rejected = replace(
+                action,
+                status="rejected",
+                decided_by=principal.name,
+                decided_at=now,
+                note=storable(note) or f"rejected by {principal.name}",
+            )
+            self._save(conn, rejected)
+            self._audit(
+                conn, rejected, "reject", principal, action.status, None, None, rejected.note
+            )
+        return rejected
+
+    def _supersede(self, conn: psycopg.Connection, newer: Action, principal: Principal) -> None:
+        """One pending change per intersection: a valid new proposal replaces an unapproved one."""
+        note = f"superseded by {newer.action_id} from {principal.name}"
+        rows = _all(
+            conn,
+            "UPDATE actions SET status = 'superseded', decided_by = %s, decided_at = %s, note = %s"
+            " WHERE intersection_id = %s AND status = 'proposed' RETURNING action_id",
+            (principal.name, newer.proposed_at, note, newer.intersection_id),
+        )
+        for row in rows:
+            conn.execute(
+                "INSERT INTO action_audit (action_id, step, actor, at, status_before,"
+                " status_after, note) VALUES (%s, 'supersede', %s, %s, 'proposed',"
+                " 'superseded', %s)",
+                (row["action_id"], principal.name, newer.proposed_at, note),
+            )
+
+    def expire_due(self) -> list[str]:
+        """Mark every proposal past its expiry as expired; returns their ids."""
+        now = self._clock()
+        with self._connect() as conn:
+            rows = _all(
+                conn,
+                "UPDATE actions SET status = 'expired', decided_at = %s,"
+                " note = 'not approved before it expired'"
+                " WHERE status = 'proposed' AND expires_at <= %s RETURNING action_id",
+                (now, now),
+            )
+            for row in rows:
+                conn.execute(
+                    "INSERT INTO action_audit (action_id, step, actor, at, status_before,"
+                    " status_after, note) VALUES (%s, 'expire', 'system', %s, 'proposed',"
+                    " 'expired', 'not approved before it expired')",
+                    (row["action_id"], now),
+                )
+        return [row["action_id"] for row in rows]
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def get(self, action_id: str) -> Action:
+        self.expire_due()
+        with self._connect() as conn:
+            return self._load(conn, action_id)
+
+    def list_actions(self, status: str | None = None, limit: int = 50) -> list[Action]:
+        """The latest actions, newest first, optionally of one status."""
+        self.expire_due()
+        with self._connect() as conn, conn.cursor(row_factory=class_row(Action)) as cur:
+            cur.execute(
+                "SELECT * FROM actions WHERE %(status)s::text IS NULL OR status = %(status)s"
+                " ORDER BY proposed_at DESC, action_id LIMIT %(limit)s",
+                {"status": status, "limit": limit},
+            )
+            return cur.fetchall()
+
+    def audit_trail(self, action_id: str) -> list[dict[str, Any]]:
+        """Every step of an action, in order."""
+        with self._connect() as conn:
+            return _all(
+                conn,
+                "SELECT step, actor, actor_role, at, status_before, status_after, before, after,"
+                " note FROM action_audit WHERE action_id = %s ORDER BY audit_id",
+                (action_id,),
+            )
+
+    # ---- validation -----------------------------------------------------------------------
+
+    def _assess(
+        self,
+        conn: psycopg.Connection,
+        kind: str,
+        target: dict[str, Any],
+        params: dict[str, Any],
+        action_id: str | None = None,
+    ) -> Assessment:
+        if kind == "signal_timing":
+            return self._assess_signal_timing(conn, target, params, action_id)
+        if kind == "alert":
+            return self._assess_alert(conn, target, params)
+        return Assessment.invalid(f"unknown action kind {kind!r}", target, params)
+
+    def _assess_signal_timing(
+        self,
+        conn: psycopg.Connection,
+        target: dict[str, Any],
+        params: dict[str, Any],
+        action_id: str | None,
+    ) -> Assessment:
+        intersection_id = target.get("intersection_id")
+        if not isinstance(intersection_id, str) or not intersection_id:
+            return Assessment.invalid("no intersection named", target, params)
+        if INTERGREEN_PARAMS & params.keys():
+            return Assessment.invalid(
+                "yellow and all-red intervals (intergreen) are never changed", target, params
+            )
+        if params.keys() - SIGNAL_PARAMS:
+            extra = ", ".join(sorted(params.keys() - SIGNAL_PARAMS))
+            return Assessment.invalid(f"unexpected parameters: {extra}", target, params)
+        phase_index, green_s = (
+            _phase_index(params.get("phase_index")),
+            _number(params.get("green_s")),
+        )
+        if phase_index is None or green_s is None:
+            return Assessment.invalid(
+                "a signal timing change needs a phase number and a new green time in seconds",
+                target,
+                params,
+            )
+        target, params = (
+            {"intersection_id": intersection_id},
+            {"phase_index": phase_index, "green_s": green_s},
+        )
+
+        intersection = _one(
+            conn, "SELECT name FROM intersections WHERE intersection_id = %s", (intersection_id,)
+        )
+        if intersection is None:
+            return Assessment.invalid(f"no intersection {intersection_id!r}", target, params)
+        name = intersection["name"]
+        phases = _all(
+            conn,
+            "SELECT phase_index, description, green_s, intergreen_s, min_green_s, max_green_s"
+            " FROM signal_phases WHERE intersection_id = %s ORDER BY phase_index",
+            (intersection_id,),
+        )
+        phase = next((p for p in phases if p["phase_index"] == phase_index), None)
+        if phase is None:
+            known = ", ".join(str(p["phase_index"]) for p in phases) or "none"
+            return Assessment.invalid(
+                f"{name} has no phase {phase_index} (its phases: {known})", target, params
+            )
+
+        cycle = sum(p["green_s"] + p["intergreen_s"] for p in phases)
+        new_cycle = cycle - phase["green_s"] + green_s
+        before = {"phase_index": phase_index, "green_s": phase["green_s"], "cycle_s": cycle}
+        after = {"phase_index": phase_index, "green_s": green_s, "cycle_s": new_cycle}
+        where = f"phase {phase_index} ({phase['description']}) at {name}"
+        change = (
+            f"{where}: green {_seconds(phase['green_s'])} -> {_seconds(green_s)}, "
+            f"cycle {_seconds(cycle)} -> {_seconds(new_cycle)}"
+        )
+        problems = []
+        low, high = phase["min_green_s"], phase["max_green_s"]
+        if green_s < low:
+            problems.append(
+                f"green {_seconds(green_s)} is below the minimum {_seconds(low)} of {where}"
+            )
+        if green_s > high:
+            problems.append(
+                f"green {_seconds(green_s)} is above the maximum {_seconds(high)} of {where}"
+            )
+        min_cycle, max_cycle = self._settings.nlq_min_cycle_s, self._settings.nlq_max_cycle_s
+        if not min_cycle <= new_cycle <= max_cycle:
+            problems.append(
+                f"the cycle at {name} would be {_seconds(new_cycle)}, outside the allowed "
+                f"{min_cycle:g}-{max_cycle:g} s"
+            )
+        pending = _one(  # an unapproved proposal is superseded by a valid new one instead
+            conn,
+            "SELECT action_id, status FROM actions WHERE intersection_id = %s"
+            " AND status = 'approved' AND action_id IS DISTINCT FROM %s",
+            (intersection_id, action_id),
+        )
+        if pending is not None:
+            problems.append(
+                f"action {pending['action_id']} ({pending['status']}) is already pending at "
+                f"{name}; approve or reject it first"
+            )
+        return Assessment(change, target, params, problems, before, after)
+
+    def _assess_alert(
+        self, conn: psycopg.Connection, target: dict[str, Any], params: dict[str, Any]
+    ) -> Assessment:
+        operation = params.get("operation")
+        if operation == "raise":
+            return self._assess_raise(conn, target, params)
+        if operation not in ALERT_OPERATIONS:
+            return Assessment.invalid(
+                f"unknown alert operation {operation!r}: acknowledge, resolve or raise",
+                target,
+                params,
+            )
+        alert_id = target.get("alert_id")
+        if not isinstance(alert_id, str) or not alert_id:
+            return Assessment.invalid(f"{operation} needs an alert", target, params)
+        target, params = {"alert_id": alert_id}, {"operation": operation}
+        alert = _one(
+            conn,
+            "SELECT status, updated_at, resolved_at, message FROM alerts WHERE alert_id = %s",
+            (alert_id,),
+        )
+        if alert is None:
+            return Assessment.invalid(f"no alert {alert_id!r}", target, params)
+        rule = ALERT_OPERATIONS[operation]
+        before = {"status": alert["status"]}
+        after = {"status": rule.status_after}
+        change = (
+            f"{operation} alert {alert_id} ({alert['message']}): "
+            f"{alert['status']} -> {rule.status_after}"
+        )
+        problems = []
+        if alert["status"] not in rule.applies_to:
+            problems.append(
+                f"alert {alert_id} is {alert['status']}; {operation} applies to "
+                f"{' or '.join(rule.applies_to)} alerts"
+            )
+        return Assessment(change, target, params, problems, before, after)
+
+    def _assess_raise(
+        self, conn: psycopg.Connection, target: dict[str, Any], params: dict[str, Any]
+    ) -> Assessment:
+        zone_id, severity, message = (
+            target.get("zone_id"),
+            params.get("severity"),
+            params.get("message"),
+        )
+        if not isinstance(zone_id, str) or not zone_id:
+            return Assessment.invalid("raising an alert needs a zone", target, params)
+        zone = _one(conn, "SELECT name, city_id FROM zones WHERE zone_id = %s", (zone_id,))
+        if zone is None:
+            return Assessment.invalid(f"no zone {zone_id!r}", target, params)
+        problems = []
+        if severity not in SEVERITIES:
+            problems.append(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}")
+        if not isinstance(message, str) or not message.strip():
+            problems.append("raising an alert needs a message")
+        elif len(message) > MAX_MESSAGE_CHARS:
+            problems.append(f"the message is longer than {MAX_MESSAGE_CHARS} characters")
+        params = {"operation": "raise", "severity": severity, "message": message}
+        after = {"status": "firing", "severity": severity, "zone_id": zone_id, "message": message}
+        change = f"raise a {severity} alert in {zone['name']}: {message}"
+        return Assessment(change, {"zone_id": zone_id}, params, problems, None, after)
+
+    # ---- effects --------------------------------------------------------------------------
+
+    def _apply_alert(
+        self, conn: psycopg.Connection, action: Action, now: datetime
+    ) -> Applied | None:
+        """The alert operation on ``alerts``; None when the alert no longer allows it."""
+        operation = action.params["operation"]
+        if operation == "raise":
+            alert_id = "AL-" + secrets.token_hex(4).upper()
+            row = _one(
+                conn,
+                "INSERT INTO alerts (alert_id, kind, severity, status, city_id, zone_id, message,"
+                " started_at, updated_at) SELECT %s, 'manual', %s, 'firing', city_id, zone_id, %s,"
+                " %s, %s FROM zones WHERE zone_id = %s"
+                " RETURNING alert_id, status, severity, zone_id, message, updated_at",
+                (
+                    alert_id,
+                    action.params["severity"],
+                    action.params["message"],
+                    now,
+                    now,
+                    action.target["zone_id"],
+                ),
+            )
+            return None if row is None else Applied(before={}, after=_alert_state(row))
+        rule = ALERT_OPERATIONS[operation]
+        before = _one(
+            conn,
+            "SELECT alert_id, status, updated_at, resolved_at FROM alerts"
+            " WHERE alert_id = %s AND status = ANY(%s) FOR UPDATE",
+            (action.target["alert_id"], list(rule.applies_to)),
+        )
+        if before is None:
+            return None
+        resolved_at = now if rule.status_after == "resolved" else before["resolved_at"]
+        after = _one(
+            conn,
+            "UPDATE alerts SET status = %s, updated_at = %s, resolved_at = %s WHERE alert_id = %s"
+            " RETURNING alert_id, status, updated_at, resolved_at",
+            (rule.status_after, now, resolved_at, action.target["alert_id"]),
+        )
+        assert after is not None
+        return Applied(before=_alert_state(before), after=_alert_state(after))
+
+    def _actuate(self, action: Action, principal: Principal) -> Action:
+        """Hand an approved signal change to the actuator and record what happened."""
+        assert self._actuator is not None
+        try:
+            applied = self._actuator.apply(action)
+        except Exception as err:
+            log.exception("actuator failed on action %s", action.action_id)
+            with self._connect() as conn:
+                return self._finish(conn, action, principal, failed=f"the actuator failed: {err}")
+        with self._connect() as conn:
+            return self._finish(conn, action, principal, applied=applied)
+
+    def _finish(
+        self,
+        conn: psycopg.Connection,
+        action: Action,
+        principal: Principal,
+        *,
+        applied: Applied | None = None,
+        failed: str | None = None,
+        note: str | None = None,
+    ) -> Action:
+        """Record the end of an approval: applied (with before/after), failed, or only noted."""
+        now = self._clock()
+        if applied is not None:
+            done = replace(action, status="applied", applied_at=now, note=note)
+            self._save(conn, done)
+            self._audit(
+                conn, done, "apply", principal, action.status, applied.before, applied.after
+            )
+        elif failed is not None:
+            done = replace(action, status="failed", note=failed)
+            self._save(conn, done)
+            self._audit(conn, done, "fail", principal, action.status, None, None, failed)
+        else:
+            done = replace(action, note=note)
+            self._save(conn, done)
+        return done
+
+    # ---- storage --------------------------------------------------------------------------
+
+    def _require_operator(self, principal: Principal, step: str) -> None:
+        if not principal.has_role("operator"):
+            raise ActionForbidden(
+                f"only an operator may {step} actions; the token is {principal.role}"
+            )
+
+    def _approvers(self, conn: psycopg.Connection) -> int:
+        """How many people hold a live operator or admin token."""
+        row = conn.execute(
+            "SELECT count(DISTINCT name) FROM api_tokens"
+            " WHERE revoked_at IS NULL AND role IN ('operator', 'admin')"
+        ).fetchone()
+        return row[0] if row else 0
+
+    def _load(self, conn: psycopg.Connection, action_id: str, for_update: bool = False) -> Action:
+        with conn.cursor(row_factory=class_row(Action)) as cur:
+            lock = " FOR UPDATE" if for_update else ""
+            cur.execute(f"SELECT * FROM actions WHERE action_id = %s{lock}", (action_id,))  # noqa: S608
+            action = cur.fetchone()
+        if action is None:
+            raise ActionNotFound(action_id)
+        return action
+
+    def _insert(self, conn: psycopg.Connection, action: Action) -> None:
+        conn.execute(
+            "INSERT INTO actions (action_id, kind, status, target, params, reason, summary,"
+            " question, intersection_id, proposed_by, proposed_at, expires_at, decided_by,"
+            " decided_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                action.action_id,
+                action.kind,
+                action.status,
+                Jsonb(action.target),
+                Jsonb(action.params),
+                action.reason,
+                action.summary,
+                action.question,
+                action.intersection_id,
+                action.proposed_by,
+                action.proposed_at,
+                action.expires_at,
+                action.decided_by,
+                action.decided_at,
+            ),
+        )
+
+    def _save(self, conn: psycopg.Connection, action: Action) -> None:
+        """Write the fields a decision changes."""
+        conn.execute(
+            "UPDATE actions SET status = %s, decided_by = %s, decided_at = %s, applied_at = %s,"
+            " note = %s WHERE action_id = %s",
+            (
+                action.status,
+                action.decided_by,
+                action.decided_at,
+                action.applied_at,
+                action.note,
+                action.action_id,
+            ),
+        )
+
+    def _audit(
+        self,
+        conn: psycopg.Connection,
+        action: Action,
+        step: str,
+        principal: Principal,
+        status_before: str | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        note: str | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO action_audit (action_id, step, actor, actor_role, at, status_before,"
+            " status_after, before, after, note) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                action.action_id,
+                step,
+                principal.name,
+                principal.role,
+                self._clock(),
+                status_before,
+                action.status,
+                None if before is None else Jsonb(before),
+                None if after is None else Jsonb(after),
+                note,
+            ),
+        )
+
+
+def _alert_state(row: dict[str, Any]) -> dict[str, Any]:
+    """An alert row as JSON for the audit trail."""
+    return {k: iso_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
