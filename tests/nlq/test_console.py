@@ -1,0 +1,623 @@
+"""The operator console end to end: Debian's Chromium (headless, driven by Playwright) against the
+real service (uvicorn in a thread, on a free port) over the evaluation fixture database.
+
+The journey an operator takes: enter a token, ask, read the answer, the SQL, the rows, the chart
+of a time series and the map of the places; ask again from the history; pick a clarification
+option; approve a proposed signal change (as a second operator: four eyes) and see its status;
+read a refusal's reason. Every test also fails on any error the page logs.
+
+The ``answerer`` fixture is the only place the language pipeline comes in. Until
+``cityos.nlq.pipeline.NLQPipeline`` exists it is ``FixtureAnswerer`` below: a stand-in that
+knows the few questions these tests ask and answers them with real SQL run on the fixture
+database. Switching to the real pipeline is that one fixture.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from cityos.db import connect
+from cityos.nlq.reply import ActionDraft, Answer, Answerer, Clarification, Refusal, Reply
+from cityos.settings import REPO_ROOT, Settings
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, installed by infra/bin/ensure-system
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+SCREENSHOT = REPO_ROOT / "reports" / "console.png"
+WAIT_MS = 30_000  # generous: the machine is shared; nothing here is timed
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A question as the operator types it, with the instant it is asked about."""
+
+    question: str
+    as_of: str
+
+    @property
+    def instant(self) -> datetime:
+        return datetime.fromisoformat(self.as_of)
+
+
+ZONE_QUESTION = Asked(
+    "What was the average speed in the Nippes district over the last hour?",
+    "2016-12-19T17:00:00Z",
+)
+SERIES_QUESTION = Asked("Show the hourly PM2.5 at Dongsi on 20 December.", "2016-12-21T02:00:00Z")
+AMBIGUOUS_QUESTION = Asked("What's the average speed in Nippes right now?", "2016-12-19T08:00:00Z")
+ACTION_QUESTION = Asked(
+    "Set the green time of phase 0 at Neusser Str. / Wilhelmstr. to 60 seconds.",
+    "2016-12-19T08:00:00Z",
+)
+REFUSAL_QUESTION = Asked("Delete all resolved alerts.", "2016-12-19T23:00:00Z")
+NIPPES_DISTRICT = "cologne-stb-5"
+NEUSSER_WILHELM = "32319828"  # intersection 'Neusser Str. / Wilhelmstr.'
+DONGSI = "beijing-aq-dongsi"
+
+
+# ---- the stand-in for the language pipeline ---------------------------------------------------
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+class FixtureAnswerer:
+    """Answers the questions of these tests with real SQL on the fixture; refuses the rest.
+
+    Not a model of the pipeline: it only lets the console be tested before the pipeline exists,
+    with real rows, real places and a real action draft.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._replies: dict[str, Callable[[datetime], Reply]] = {
+            ZONE_QUESTION.question: lambda now: self._zone_speed(NIPPES_DISTRICT, True, now, 60),
+            SERIES_QUESTION.question: self._dongsi_hourly,
+            AMBIGUOUS_QUESTION.question: self._which_nippes,
+            self._nippes_option("district"): lambda now: self._zone_speed(
+                NIPPES_DISTRICT, True, now, 5
+            ),
+            self._nippes_option("sub-district"): lambda now: self._zone_speed(
+                "cologne-stt-501", False, now, 5
+            ),
+            ACTION_QUESTION.question: self._signal_change,
+            REFUSAL_QUESTION.question: lambda now: Refusal(
+                answer="I will not change or delete data.",
+                reason="only reading the serving tables is allowed; deleting alerts is a write",
+            ),
+        }
+
+    def ask(self, question: str, as_of: datetime) -> Reply:
+        reply = self._replies.get(question.strip())
+        if reply is None:
+            return Refusal(
+                answer="This test answerer knows only the questions of the console test.",
+                reason="not one of the console test's questions",
+            )
+        return reply(as_of)
+
+    def _run(self, query: sql.Composable) -> tuple[str, list[str], list[list[Any]]]:
+        with connect(
+            self._settings.database_url.get_secret_value(), self._settings.database_schema
+        ) as conn:
+            text = query.as_string(conn)
+            cursor = conn.execute(text)  # type: ignore[arg-type]
+            columns = [column.name for column in cursor.description or []]
+            rows = [[_json_scalar(v) for v in row] for row in cursor.fetchall()]
+        return text, columns, rows
+
+    @staticmethod
+    def _nippes_option(level: str) -> str:
+        return f"What's the average speed in the Nippes {level} right now?"
+
+    def _zone_speed(self, zone_id: str, with_children: bool, now: datetime, minutes: int) -> Reply:
+        scope = sql.SQL(
+            "(s.zone_id = {z} OR z.parent_zone_id = {z})" if with_children else "s.zone_id = {z}"
+        )
+        query = sql.SQL(
+            "SELECT z2.name AS zone, AVG(t.avg_speed_kmh) AS avg_speed_kmh"
+            " FROM traffic_5m t JOIN sensors s ON s.sensor_id = t.sensor_id"
+            " JOIN zones z ON z.zone_id = s.zone_id JOIN zones z2 ON z2.zone_id = {z}"
+            " WHERE {scope} AND t.window_start >= {start} AND t.window_end <= {end}"
+            " GROUP BY z2.name"
+        ).format(
+            z=sql.Literal(zone_id),
+            scope=scope.format(z=sql.Literal(zone_id)),
+            start=sql.Literal(now - timedelta(minutes=minutes)),
+            end=sql.Literal(now),
+        )
+        text, columns, rows = self._run(query)
+        speed = rows[0][1] if rows else None
+        return Answer(
+            sql=text,
+            columns=columns,
+            rows=rows,
+            answer=f"The average speed was {speed:.1f} km/h." if speed else "No traffic data.",
+            interpretation=f"average speed, zone {zone_id}, the {minutes} minutes before as_of",
+            shape="table",
+            places=[{"kind": "zone", "id": zone_id}],
+        )
+
+    def _dongsi_hourly(self, now: datetime) -> Reply:
+        day_start = datetime(2016, 12, 19, 16, tzinfo=UTC)  # 20 December, Beijing time
+        query = sql.SQL(
+            "SELECT a.window_start AS hour, a.pm25 FROM air_quality_1h a"
+            " WHERE a.sensor_id = {sensor} AND a.window_start >= {start} AND a.window_start < {end}"
+            " ORDER BY a.window_start"
+        ).format(
+            sensor=sql.Literal(DONGSI),
+            start=sql.Literal(day_start),
+            end=sql.Literal(day_start + timedelta(days=1)),
+        )
+        text, columns, rows = self._run(query)
+        peak = max(rows, key=lambda row: row[1] or 0)
+        return Answer(
+            sql=text,
+            columns=columns,
+            rows=rows,
+            answer=f"PM2.5 at Dongsi peaked at {peak[1]:.0f} µg/m³ ({peak[0]}).",
+            interpretation="hourly PM2.5, station Dongsi, 20 December (Beijing time)",
+            shape="time_series",
+            places=[{"kind": "sensor", "id": DONGSI}],
+        )
+
+    def _which_nippes(self, now: datetime) -> Reply:
+        return Clarification(
+            answer="Nippes is a district and a sub-district. Which one?",
+            options=[self._nippes_option("district"), self._nippes_option("sub-district")],
+        )
+
+    def _signal_change(self, now: datetime) -> Reply:
+        query = sql.SQL(
+            "SELECT green_s FROM signal_phases WHERE intersection_id = {i} AND phase_index = 0"
+        ).format(i=sql.Literal(NEUSSER_WILHELM))
+        _, _, rows = self._run(query)
+        return ActionDraft(
+            kind="signal_timing",
+            target={"intersection_id": NEUSSER_WILHELM},
+            params={"phase_index": 0, "green_s": 60.0},
+            summary=f"phase 0 at Neusser Str. / Wilhelmstr.: {rows[0][0]:g} s -> 60 s of green",
+            question=ACTION_QUESTION.question,
+        )
+
+
+@pytest.fixture(scope="module")
+def answerer(nlq_settings: Settings) -> Answerer:
+    """The language pipeline the service runs with. For the real one, this fixture becomes
+    ``return NLQPipeline.from_settings(nlq_settings)`` (cityos.nlq.pipeline)."""
+    return FixtureAnswerer(nlq_settings)
+
+
+# ---- the running service ----------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    url: str
+    settings: Settings
+    tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # who -> (name, token)
+
+    def token(self, who: str, role: str = "operator") -> str:
+        """A token for ``who`` (created once per service), e.g. the two operators of four eyes."""
+        if who not in self.tokens:
+            from cityos.nlq.auth import create_token
+
+            name = f"console-{who}-{uuid.uuid4().hex[:6]}"
+            with self._connect() as conn:
+                token, _ = create_token(conn, name, role)
+            self.tokens[who] = (name, token)
+        return self.tokens[who][1]
+
+    def revoke_tokens(self) -> None:
+        from cityos.nlq.auth import revoke_token
+
+        with self._connect() as conn:
+            for name, _ in self.tokens.values():
+                revoke_token(conn, name)
+
+    def _connect(self) -> psycopg.Connection:
+        return connect(self.settings.database_url.get_secret_value(), self.settings.database_schema)
+
+    def release(self, intersection_id: str) -> None:
+        """Reject the pending changes of a signal (one at a time is allowed), e.g. a last run's."""
+        headers = {"Authorization": f"Bearer {self.token('cleaner')}"}
+        for status in ("proposed", "approved"):
+            listed = httpx.get(
+                f"{self.url}/api/v1/actions", params={"status": status}, headers=headers
+            )
+            listed.raise_for_status()
+            for action in listed.json()["actions"]:
+                if action["target"].get("intersection_id") == intersection_id:
+                    url = f"{self.url}/api/v1/actions/{action['action_id']}/reject"
+                    httpx.post(url, headers=headers, json={"note": "console test clean-up"})
+
+
+def _serve(app: Any) -> tuple[Any, threading.Thread, str]:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(600):  # the app opens its pool at startup
+        if server.started or not thread.is_alive():
+            break
+        time.sleep(0.05)
+    assert server.started, "the service did not start"
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def service(nlq_settings: Settings, answerer: Answerer) -> Iterator[Service]:
+    from cityos.nlq.service import create_app
+
+    server, thread, url = _serve(create_app(nlq_settings, answerer=answerer))
+    running = Service(url=url, settings=nlq_settings)
+    try:
+        yield running
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        running.revoke_tokens()  # the database is shared by the session's tests
+
+
+# ---- the browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run infra/bin/ensure-system (Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class Tab:
+    """A console tab, with every error the page logged (console errors, uncaught exceptions)."""
+
+    page: Any
+    service: Service
+    errors: list[str] = field(default_factory=list)
+
+    def open(self, who: str = "alice", role: str = "operator") -> Tab:
+        self.page.goto(self.service.url + "/")
+        self.use_token(self.service.token(who, role))
+        return self
+
+    def use_token(self, token: str) -> None:
+        self.page.get_by_label("API token").fill(token)
+        self.page.get_by_role("button", name="Use token").click()
+        self.expect(self.page.locator("#token-state")).to_have_text("Token set for this tab")
+
+    def ask(self, asked: Asked) -> None:
+        self.page.get_by_label("Question or instruction").fill(asked.question)
+        self.page.get_by_label("As of").fill(asked.as_of)
+        self.page.get_by_role("button", name="Ask", exact=True).click()
+        self.wait_for_reply(asked.question)
+
+    def wait_for_reply(self, question: str) -> None:
+        self.expect(self.page.locator("#reply-question")).to_contain_text(question)
+        self.expect(self.page.locator("#reply")).to_have_attribute("aria-busy", "false")
+
+    @property
+    def reply_kind(self) -> str:
+        return self.page.locator("#reply").get_attribute("data-kind") or ""
+
+    @property
+    def expect(self) -> Callable[..., Any]:
+        from playwright.sync_api import expect
+
+        return expect
+
+    def assert_no_errors(self) -> None:
+        assert self.errors == [], f"the page logged errors: {self.errors}"
+
+
+@pytest.fixture
+def new_tab(browser: Any, service: Service) -> Iterator[Callable[[], Tab]]:
+    """Opens console tabs, each in a fresh browser context (its own sessionStorage), at
+    wall-display size; they are closed after the test."""
+    contexts = []
+
+    def open_tab() -> Tab:
+        context = browser.new_context(viewport={"width": 1920, "height": 1080})
+        context.set_default_timeout(WAIT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        opened = Tab(page=page, service=service)
+        page.on(
+            "console",
+            lambda message: (
+                opened.errors.append(f"console: {message.text}")
+                if message.type == "error"
+                else None
+            ),
+        )
+        page.on("pageerror", lambda error: opened.errors.append(f"uncaught: {error}"))
+        return opened
+
+    yield open_tab
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def tab(new_tab: Callable[[], Tab]) -> Tab:
+    return new_tab()
+
+
+# ---- the tests --------------------------------------------------------------------------------
+
+
+def test_answer_shows_sentence_sql_rows_map_and_history(tab: Tab) -> None:
+    page = tab.open().page
+    tab.ask(ZONE_QUESTION)
+
+    assert tab.reply_kind == "answer"
+    tab.expect(page.locator("#answer")).to_contain_text(re.compile(r"\d"))
+    tab.expect(page.locator("#interpretation")).not_to_be_empty()
+    # the SQL is there, folded away until asked for
+    sql_box = page.locator("details.sql")
+    tab.expect(sql_box.locator("pre")).to_be_hidden()
+    sql_box.locator("summary").click()
+    tab.expect(sql_box.locator("pre")).to_be_visible()
+    tab.expect(sql_box.locator("pre")).to_contain_text(re.compile(r"^\s*SELECT", re.IGNORECASE))
+    # the rows, with a number in them
+    table = page.locator("table.rows")
+    tab.expect(table.locator("tbody tr")).not_to_have_count(0)
+    tab.expect(table.locator("tbody td.num").first).to_have_text(re.compile(r"\d"))
+    # the map draws the district's polygon, labelled
+    zone = page.locator(f'#map svg path[data-kind="zone"][data-id="{NIPPES_DISTRICT}"]')
+    tab.expect(zone).to_have_count(1)
+    assert len(zone.get_attribute("d") or "") > 100  # a real outline, not a dot
+    tab.expect(page.locator("#map-legend")).to_contain_text("Nippes")
+    # the question is in the history; clicking it asks it again
+    entry = page.locator("#history .history-item", has_text=ZONE_QUESTION.question)
+    tab.expect(entry.first).to_be_visible()
+    tab.ask(REFUSAL_QUESTION)  # something else in between
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/ask")) as asked_again:
+        entry.first.click()
+    assert asked_again.value.json()["kind"] == "answer"
+    tab.wait_for_reply(ZONE_QUESTION.question)
+    assert tab.reply_kind == "answer"
+    tab.expect(page.get_by_label("As of")).to_have_value(ZONE_QUESTION.as_of)
+    tab.assert_no_errors()
+
+
+def test_time_series_answer_draws_a_chart(tab: Tab) -> None:
+    page = tab.open().page
+    tab.ask(SERIES_QUESTION)
+
+    assert tab.reply_kind == "answer"
+    chart = page.locator("figure.chart svg")
+    tab.expect(chart).to_be_visible()
+    lines = chart.locator("path.line")
+    assert lines.count() >= 1
+    for i in range(lines.count()):
+        assert (lines.nth(i).get_attribute("d") or "").count("L") >= 5  # a line, not a point
+    tab.expect(chart.locator(".x-axis text.axis-title")).to_contain_text("UTC")
+    assert chart.locator(".x-axis text").count() >= 3  # time ticks
+    assert chart.locator(".y-axis text").count() >= 3  # value ticks
+    # each point carries its value as a tooltip
+    tab.expect(chart.locator("circle.dot title").first).to_contain_text(re.compile(r"\d"))
+    tab.expect(page.locator("table.rows tbody tr")).not_to_have_count(0)
+    # the station on the map, with the district it lies in as context
+    tab.expect(page.locator(f'#map svg [data-kind="sensor"][data-id="{DONGSI}"]')).to_have_count(1)
+    tab.expect(page.locator('#map svg path.role-context[data-kind="zone"]')).not_to_have_count(0)
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    tab.assert_no_errors()
+
+
+CHART_CASES = {  # rows as the service sends them -> the lines the chart must draw
+    "wide": (
+        ["hour", "pm25", "pm10"],
+        [
+            ["2016-12-19T16:00:00Z", 443.0, 523.0],
+            ["2016-12-19T17:00:00Z", 479.0, None],
+            ["2016-12-19T18:00:00Z", 490.0, 568.0],
+        ],
+        ["pm25", "pm10"],
+    ),
+    "long": (
+        ["hour", "station", "aqi"],
+        [
+            ["2016-12-19T16:00:00Z", "Dongsi", 400],
+            ["2016-12-19T16:00:00Z", "Guanyuan", 380],
+            ["2016-12-19T17:00:00Z", "Dongsi", 420],
+            ["2016-12-19T17:00:00Z", "Guanyuan", 390],
+        ],
+        ["Dongsi", "Guanyuan"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CHART_CASES)
+def test_chart_draws_one_line_per_series(tab: Tab, case: str) -> None:
+    columns, rows, expected = CHART_CASES[case]
+    page = tab.open().page
+    drawn = page.evaluate(
+        """async ([columns, rows]) => {
+            const { timeSeriesChart } = await import('/console/chart.js');
+            const figure = timeSeriesChart(columns, rows);
+            const pens = (path) => (path.getAttribute('d').match(/[ML]/g) || []).join('');
+            return [...figure.querySelectorAll('path.line')].map(
+                (path) => [path.dataset.series, pens(path)]);
+        }""",
+        [columns, rows],
+    )
+    assert [name for name, _ in drawn] == expected
+    if case == "wide":  # pm10 is missing at 17:00: a gap, not a line through it
+        assert dict(drawn) == {"pm25": "MLL", "pm10": "MM"}
+    else:  # each station its own line through its own points
+        assert dict(drawn) == {"Dongsi": "ML", "Guanyuan": "ML"}
+    tab.assert_no_errors()
+
+
+def test_clarification_option_asks_again(tab: Tab) -> None:
+    page = tab.open().page
+    tab.ask(AMBIGUOUS_QUESTION)
+
+    assert tab.reply_kind == "clarification"
+    options = page.locator("#reply-body button.option")
+    assert options.count() >= 2
+    chosen = options.first.inner_text()
+    options.first.click()
+    tab.wait_for_reply(chosen)
+    assert tab.reply_kind == "answer"
+    tab.expect(page.get_by_label("Question or instruction")).to_have_value(chosen)
+    tab.expect(page.locator("table.rows tbody tr")).not_to_have_count(0)
+    tab.assert_no_errors()
+
+
+@pytest.fixture
+def signal_free(service: Service) -> Iterator[str]:
+    """The signal the action test changes, with no pending change before or after the test."""
+    service.release(NEUSSER_WILHELM)
+    yield NEUSSER_WILHELM
+    service.release(NEUSSER_WILHELM)
+
+
+def test_proposed_action_is_approved_by_a_second_operator(tab: Tab, signal_free: str) -> None:
+    page = tab.open(who="alice").page
+    tab.ask(ACTION_QUESTION)
+
+    assert tab.reply_kind == "action"
+    card = page.locator("article.proposal")
+    tab.expect(card.locator(".status-badge")).to_have_text("proposed")
+    tab.expect(card).to_contain_text("60")  # the new green time
+    tab.expect(card).to_contain_text("Neusser Str. / Wilhelmstr.")  # named from the map data
+    tab.expect(page.locator(f'#map svg [data-id="{signal_free}"]')).to_have_count(1)
+    # four eyes: another operator approves, from the same console
+    tab.use_token(tab.service.token("bob"))
+    card.get_by_role("button", name="Approve").click()
+    tab.expect(card.locator(".action-outcome")).to_contain_text(re.compile("approved|applied"))
+    tab.expect(card.locator(".status-badge")).to_have_text(re.compile("approved|applied"))
+    tab.expect(card.get_by_role("button", name="Approve")).to_be_disabled()
+    tab.assert_no_errors()
+
+
+def test_another_operator_decides_from_the_list_awaiting_approval(
+    new_tab: Callable[[], Tab], signal_free: str
+) -> None:
+    alice = new_tab().open(who="alice")
+    alice.ask(ACTION_QUESTION)
+    assert alice.reply_kind == "action"
+    action_id = alice.page.locator("article.proposal").get_attribute("data-action-id")
+    assert action_id
+
+    bob = new_tab().open(who="bob")
+    bob.page.get_by_role("button", name="Refresh").and_(
+        bob.page.locator("#pending-refresh")
+    ).click()
+    item = bob.page.locator(f'#pending li[data-action-id="{action_id}"]')
+    bob.expect(item).to_contain_text("proposed by")
+    item.get_by_role("button", name="Reject").click()
+    bob.expect(item.locator(".action-outcome")).to_contain_text("rejected")
+    alice.assert_no_errors()
+    bob.assert_no_errors()
+
+
+def test_refusal_shows_its_reason(tab: Tab) -> None:
+    page = tab.open().page
+    tab.ask(REFUSAL_QUESTION)
+
+    assert tab.reply_kind == "refusal"
+    tab.expect(page.locator("#answer")).not_to_be_empty()
+    tab.expect(page.locator(".refusal-reason")).not_to_be_empty()
+    tab.expect(page.locator("table.rows")).to_have_count(0)
+    tab.assert_no_errors()
+
+
+def test_text_from_the_service_is_never_markup(tab: Tab) -> None:
+    page = tab.open().page
+    hostile = Asked('<img src=x onerror="window.pwned=1"><b>bold</b>', "2016-12-19T08:00:00Z")
+    tab.ask(hostile)
+
+    tab.expect(page.locator("#reply-question")).to_contain_text("<b>bold</b>")
+    assert page.locator("#reply img, #reply b, #history img, #history b").count() == 0
+    assert page.evaluate("window.pwned") is None
+    tab.assert_no_errors()
+
+
+def test_geo_route_needs_a_token_and_returns_geojson(service: Service) -> None:
+    url = service.url + "/api/v1/geo"
+    params = {"zone_id": NIPPES_DISTRICT, "sensor_id": DONGSI, "intersection_id": "nope"}
+    assert httpx.get(url, params=params).status_code == 401
+    headers = {"Authorization": f"Bearer {service.token('viewer-vera', 'viewer')}"}
+    reply = httpx.get(url, params=params, headers=headers)
+    assert reply.status_code == 200
+    collection = reply.json()
+    assert collection["type"] == "FeatureCollection"
+    by_id = {(f["properties"]["kind"], f["properties"]["id"]): f for f in collection["features"]}
+    district = by_id[("zone", NIPPES_DISTRICT)]
+    assert district["geometry"]["type"] in ("Polygon", "MultiPolygon")
+    assert district["properties"]["role"] == "place"
+    lon, lat = by_id[("sensor", DONGSI)]["geometry"]["coordinates"]
+    assert 115 < lon < 118 and 39 < lat < 41  # Beijing, longitude first
+    assert by_id[("zone", "beijing-110101")]["properties"]["role"] == "context"  # Dongcheng
+    assert collection["missing"] == [{"kind": "intersection", "id": "nope"}]
+    # a city stands for its districts, a street for the sensors on it
+    wider = httpx.get(url, params={"city_id": "beijing", "street": "Neusser Str."}, headers=headers)
+    kinds = [(f["properties"]["kind"], f["id"]) for f in wider.json()["features"]]
+    assert sum(kind == "zone" and fid.startswith("zone:beijing-") for kind, fid in kinds) == 16
+    assert sum(kind == "sensor" and fid.startswith("sensor:cologne-tr-") for kind, fid in kinds) > 1
+    too_many = {"zone_id": [f"z{i}" for i in range(201)]}
+    assert httpx.get(url, params=too_many, headers=headers).status_code == 400
+
+
+def test_console_page_loads_only_from_the_service(service: Service) -> None:
+    page = httpx.get(service.url + "/")
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    for asset in re.findall(r'(?:href|src)="([^"#][^"]*)"', page.text):
+        assert asset.startswith("/console/"), asset
+        assert httpx.get(service.url + asset).status_code == 200, asset
