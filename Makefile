@@ -51,6 +51,14 @@ status: ## show what runs where
 bench-streaming: setup ## end-to-end streaming benchmark; writes reports/bench-streaming.json
 	@$(CITYOS) bench streaming --report reports/bench-streaming.json
 
+.PHONY: eval-nlq
+eval-nlq: setup ## score the NL-query service on the evaluation kit's questions; writes reports/nlq-dev.json
+	@$(CITYOS) nlq eval --report reports/nlq-dev.json
+
+.PHONY: bench-nlq
+bench-nlq: setup ## NL-query latency (understanding on one core, /ask end to end), accuracy by tag, model size; writes reports/bench-nlq.json
+	@$(CITYOS) bench nlq --report reports/bench-nlq.json
+
 .PHONY: lock
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@UV_CACHE_DIR=$${CITYOS_CACHE_DIR:-$$HOME/.cache/cityos}/uv $${CITYOS_CACHE_DIR:-$$HOME/.cache/cityos}/tools/bin/uv \

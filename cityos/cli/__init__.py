@@ -6,7 +6,19 @@ import logging
 
 import typer
 
-from cityos.cli import bench, db, demo, geo, jobs, stack, streaming
+from cityos.cli import (
+    bench,
+    bench_nlq,
+    db,
+    demo,
+    geo,
+    jobs,
+    nlq,
+    nlq_eval,
+    nlq_train,
+    stack,
+    streaming,
+)
 from cityos.errors import CityOSError
 
 app = typer.Typer(
@@ -19,6 +31,10 @@ stack.register(app)
 demo.register(app)
 jobs.register(streaming.app)
 bench.register(app)
+bench_nlq.register(bench.app)
+nlq.register(app)  # cityos token …, cityos nlq …, cityos ask
+nlq_train.register(nlq.nlq_app)
+nlq_eval.register(nlq.nlq_app)
 app.add_typer(geo.app, name="geo", help="Zones, sensors and intersections of a city.")
 app.add_typer(db.app, name="db", help="Database migrations.")
 app.add_typer(streaming.app, name="stream", help="Sources into Kafka and the Spark jobs.")

@@ -140,4 +140,4 @@ def streaming(
 
 
 def register(parent: typer.Typer) -> None:
-    parent.add_typer(app, name="bench", help="Benchmarks (streaming throughput and latency).")
+    parent.add_typer(app, name="bench", help="Benchmarks (streaming, NL query).")
