@@ -75,15 +75,11 @@ def _eq_or_in(column: exp.Expr, values: tuple[str, ...]) -> exp.Expr:
 def _scope_predicate(plan: QueryPlan, t: str) -> exp.Expr:
     alias, name = SCOPE_COLUMN[plan.scope.kind]
     column = _col(t if alias == "t" else alias, name)
-    direct = _eq_or_in(column, plan.scope.ids)
-    if plan.scope.kind is not ScopeKind.ZONE_TREE:
-        return direct
-    children = (
-        exp.select("zone_id")
-        .from_("zones")
-        .where(_eq_or_in(exp.column("parent_zone_id"), plan.scope.ids))
-    )
-    return exp.Paren(this=exp.or_(direct, column.copy().isin(query=children)))
+    if plan.scope.kind is ScopeKind.ZONE_TREE:  # a join, not a subquery: Spark pushes it down
+        own = _eq_or_in(_col("z", "zone_id"), plan.scope.ids)
+        parent = _eq_or_in(_col("z", "parent_zone_id"), plan.scope.ids)
+        return exp.Paren(this=exp.or_(own, parent))
+    return _eq_or_in(column, plan.scope.ids)
 
 
 def _latest_end(table: str, as_of: datetime) -> exp.Expr:
@@ -133,6 +129,8 @@ def build(plan: QueryPlan) -> exp.Select:
     aliases: set[str] = set()
     if plan.scope.kind is not ScopeKind.SENSOR or plan.group_by or (plan.order and point):
         aliases.add("s")
+    if plan.scope.kind is ScopeKind.ZONE_TREE:
+        aliases.add("z")
     projections: list[exp.Expr] = []
     group: list[exp.Expr] = []
     for g in plan.group_by:

@@ -33,6 +33,7 @@ from cityos.nlq.plan import (
 from cityos.nlq.reply import ActionDraft, Clarification, Refusal
 from cityos.nlq.timeexpr import RangeKind, TimeRange, extract_time, resolve_time
 
+STOP_WORDS = {"the", "a", "an", "in", "at", "on", "for", "all", "city", "and", "of", "it", "there"}
 POINT_ENTITIES = ("intersection", "sensor", "district", "subdistrict")  # "which X have alerts"
 AIR_METRICS = {"pm25", "pm10", "no2", "o3", "so2", "co", "aqi", "temperature_c",
                "relative_humidity", "wind_speed_ms"}  # fmt: skip
@@ -49,9 +50,9 @@ KIND_WORDS = {  # words next to a name that say which reading is meant
 
 # "per Beijing district", "for each station", "hourly": a grouping the model did not tag
 GROUP_WORDS = re.compile(
-    r"\b(?:per|by|for each|for every|each|every)\s+(?:[A-Z][\w-]*\s+)?"
+    r"\b(?i:per|by|for each|for every|each|every)\s+(?:[A-Z][\w-]*\s+)?"
     r"(?P<what>sub-?districts?|districts?|stations?|sensors?|streets?|roads?|intersections?|"
-    r"junctions?|zones?|hours?|days?)\b|\b(?P<adverb>hourly|daily)\b"
+    r"junctions?|zones?|hours?|days?)\b|\b(?P<adverb>(?i:hourly|daily))\b"
 )
 
 
@@ -189,19 +190,52 @@ class Interpreter:
     # --- places and time -----------------------------------------------------------------------
 
     def _places(
-        self, s: _Slots, kinds: Sequence[str], sensor_kind: str | None = None
+        self,
+        s: _Slots,
+        kinds: Sequence[str],
+        sensor_kind: str | None = None,
+        levels: Sequence[str] = (),
     ) -> list[Place]:
+        """The places named; ``levels`` keeps only zones of those levels when any qualifies."""
         spans = self._merged_place_spans(s)
         places = []
         for text, start, end in spans:
-            place = self._resolve(s.question, text, start, end, kinds, sensor_kind)
-            if place is not None and place not in places:
+            place = self._resolve(s.question, text, start, end, kinds, sensor_kind, levels)
+            if place is None:
+                self._unknown_place(s.question, text, start, end, kinds)
+            elif place not in places:
                 places.append(place)
         return places
 
+    def _unknown_place(
+        self, question: str, text: str, start: int, end: int, kinds: Sequence[str]
+    ) -> None:
+        """A name that is no place of the loaded cities (of the kinds asked): never guess."""
+        name = text.strip(" ,.?!;:'\"")
+        if not name or name.lower() in STOP_WORDS:
+            return
+        near = [
+            m for m in self.catalog.gazetteer.lookup(name, cutoff=70.0, limit=5) if m.kind in kinds
+        ]
+        cities = ", ".join(sorted(str(c["name"]) for c in self.catalog.cities.values()))
+        if near:
+            raise NeedsClarification(
+                f"I don't know '{name}'. Did you mean one of these?",
+                [question[:start] + m.name + question[end:] for m in near],
+            )
+        raise Refused(
+            f"I don't know a place called '{name}' with data in {cities}.",
+            f"unknown place '{name}'",
+        )
+
     def _merged_place_spans(self, s: _Slots) -> list[tuple[str, int, int]]:
         """PLACE spans, with two neighbours joined when together they are one exact name."""
-        spans = list(s.all("PLACE"))
+        phase_starts = [a for _, a, _ in s.all("PHASE")]
+        spans = [  # a name right before a PHASE span is part of it ('Niehler' 'Str. left-turn')
+            (t, a, b)
+            for t, a, b in s.all("PLACE")
+            if not any(p >= b and not s.question[b:p].strip() for p in phase_starts)
+        ]
         out: list[tuple[str, int, int]] = []
         i = 0
         while i < len(spans):
@@ -229,6 +263,7 @@ class Interpreter:
         end: int,
         kinds: Sequence[str],
         sensor_kind: str | None,
+        levels: Sequence[str] = (),
     ) -> Place | None:
         gaz = self.catalog.gazetteer
         clean = text.strip(" ,.?!;:'\"")
@@ -238,6 +273,8 @@ class Interpreter:
             r"\s+(station|district|sub-?district|junction|intersection)$", "", clean, flags=re.I
         )
         matches = [m for m in gaz.lookup(clean, limit=20) if m.kind in kinds]
+        if levels:
+            matches = [m for m in matches if m.kind != "zone" or m.level in levels] or matches
         if sensor_kind:
             matches = [
                 m for m in matches
@@ -420,9 +457,16 @@ class Interpreter:
     def _gazetteer(self, s: _Slots, as_of: datetime) -> Understood:
         from cityos.nlq import lookups
 
-        places = self._places(s, ("city", "zone", "sensor", "intersection", "street"))
         group = s.text("GROUP") or ""
         entity = lexicon.lookup(lexicon.ENTITY, group) if group else None
+        levels: tuple[str, ...] = ()
+        if entity == "district" and not _plural(group):  # "which district is X in": X is below
+            levels = ("subdistrict", "special")
+        elif entity == "subdistrict":  # "the sub-districts of X": X has sub-districts
+            levels = ("district",)
+        places = self._places(
+            s, ("city", "zone", "sensor", "intersection", "street"), levels=levels
+        )
         counting = bool(re.search(r"\bhow many\b|\bnumber of\b|\bcount\b", s.question, re.I))
         metric = s.text("METRIC") or s.question
         if re.search(r"\b(area|size|big|large|km)\b", metric, re.I) and places:

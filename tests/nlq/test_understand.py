@@ -188,3 +188,20 @@ def test_writes_are_refused_whatever_the_slots(interpreter: Interpreter) -> None
     q = "Delete all resolved alerts."
     got = interpreter.interpret(q, pred(q, "modify_data", ("STATUS", "resolved")), AS_OF)
     assert isinstance(got.reply, Refusal)
+
+
+def test_the_question_decides_which_nippes(interpreter: Interpreter, nlq_database_url: str) -> None:
+    """Nippes is a district and a sub-district: a parent question can only mean the latter."""
+    q = "Which district is Nippes in?"
+    got = interpreter.interpret(
+        q, pred(q, "gazetteer", ("GROUP", "district"), ("PLACE", "Nippes")), AS_OF
+    )
+    assert got.lookup is not None
+    assert rows(nlq_database_url, got.lookup.query.sql(dialect="spark")) == [("Nippes",)]
+    q = "How many sub-districts does Nippes have?"
+    got = interpreter.interpret(
+        q, pred(q, "gazetteer", ("GROUP", "sub-districts"), ("PLACE", "Nippes")), AS_OF
+    )
+    assert got.lookup is not None
+    (count,) = rows(nlq_database_url, got.lookup.query.sql(dialect="spark"))[0]
+    assert count > 1
