@@ -6,10 +6,8 @@ of a time series and the map of the places; ask again from the history; pick a c
 option; approve a proposed signal change (as a second operator: four eyes) and see its status;
 read a refusal's reason. Every test also fails on any error the page logs.
 
-The ``answerer`` fixture is the only place the language pipeline comes in. Until
-``cityos.nlq.pipeline.NLQPipeline`` exists it is ``FixtureAnswerer`` below: a stand-in that
-knows the few questions these tests ask and answers them with real SQL run on the fixture
-database. Switching to the real pipeline is that one fixture.
+The service runs the real language pipeline (``NLQPipeline``: trained model, gazetteer from the
+fixture database, Spark over JDBC), so these questions travel the whole way an operator's do.
 """
 
 from __future__ import annotations
@@ -21,18 +19,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from cityos.db import connect
-from cityos.nlq.reply import ActionDraft, Answer, Answerer, Clarification, Refusal, Reply
+from cityos.nlq.execute import SparkExecutor
+from cityos.nlq.pipeline import NLQPipeline
+from cityos.nlq.reply import Answerer
 from cityos.settings import REPO_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -81,144 +79,13 @@ NEUSSER_WILHELM = "32319828"  # intersection 'Neusser Str. / Wilhelmstr.'
 DONGSI = "beijing-aq-dongsi"
 
 
-# ---- the stand-in for the language pipeline ---------------------------------------------------
-
-
-def _json_scalar(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    return value
-
-
-class FixtureAnswerer:
-    """Answers the questions of these tests with real SQL on the fixture; refuses the rest.
-
-    Not a model of the pipeline: it only lets the console be tested before the pipeline exists,
-    with real rows, real places and a real action draft.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._replies: dict[str, Callable[[datetime], Reply]] = {
-            ZONE_QUESTION.question: lambda now: self._zone_speed(NIPPES_DISTRICT, True, now, 60),
-            SERIES_QUESTION.question: self._dongsi_hourly,
-            AMBIGUOUS_QUESTION.question: self._which_nippes,
-            self._nippes_option("district"): lambda now: self._zone_speed(
-                NIPPES_DISTRICT, True, now, 5
-            ),
-            self._nippes_option("sub-district"): lambda now: self._zone_speed(
-                "cologne-stt-501", False, now, 5
-            ),
-            ACTION_QUESTION.question: self._signal_change,
-            REFUSAL_QUESTION.question: lambda now: Refusal(
-                answer="I will not change or delete data.",
-                reason="only reading the serving tables is allowed; deleting alerts is a write",
-            ),
-        }
-
-    def ask(self, question: str, as_of: datetime) -> Reply:
-        reply = self._replies.get(question.strip())
-        if reply is None:
-            return Refusal(
-                answer="This test answerer knows only the questions of the console test.",
-                reason="not one of the console test's questions",
-            )
-        return reply(as_of)
-
-    def _run(self, query: sql.Composable) -> tuple[str, list[str], list[list[Any]]]:
-        with connect(
-            self._settings.database_url.get_secret_value(), self._settings.database_schema
-        ) as conn:
-            text = query.as_string(conn)
-            cursor = conn.execute(text)  # type: ignore[arg-type]
-            columns = [column.name for column in cursor.description or []]
-            rows = [[_json_scalar(v) for v in row] for row in cursor.fetchall()]
-        return text, columns, rows
-
-    @staticmethod
-    def _nippes_option(level: str) -> str:
-        return f"What's the average speed in the Nippes {level} right now?"
-
-    def _zone_speed(self, zone_id: str, with_children: bool, now: datetime, minutes: int) -> Reply:
-        scope = sql.SQL(
-            "(s.zone_id = {z} OR z.parent_zone_id = {z})" if with_children else "s.zone_id = {z}"
-        )
-        query = sql.SQL(
-            "SELECT z2.name AS zone, AVG(t.avg_speed_kmh) AS avg_speed_kmh"
-            " FROM traffic_5m t JOIN sensors s ON s.sensor_id = t.sensor_id"
-            " JOIN zones z ON z.zone_id = s.zone_id JOIN zones z2 ON z2.zone_id = {z}"
-            " WHERE {scope} AND t.window_start >= {start} AND t.window_end <= {end}"
-            " GROUP BY z2.name"
-        ).format(
-            z=sql.Literal(zone_id),
-            scope=scope.format(z=sql.Literal(zone_id)),
-            start=sql.Literal(now - timedelta(minutes=minutes)),
-            end=sql.Literal(now),
-        )
-        text, columns, rows = self._run(query)
-        speed = rows[0][1] if rows else None
-        return Answer(
-            sql=text,
-            columns=columns,
-            rows=rows,
-            answer=f"The average speed was {speed:.1f} km/h." if speed else "No traffic data.",
-            interpretation=f"average speed, zone {zone_id}, the {minutes} minutes before as_of",
-            shape="table",
-            places=[{"kind": "zone", "id": zone_id}],
-        )
-
-    def _dongsi_hourly(self, now: datetime) -> Reply:
-        day_start = datetime(2016, 12, 19, 16, tzinfo=UTC)  # 20 December, Beijing time
-        query = sql.SQL(
-            "SELECT a.window_start AS hour, a.pm25 FROM air_quality_1h a"
-            " WHERE a.sensor_id = {sensor} AND a.window_start >= {start} AND a.window_start < {end}"
-            " ORDER BY a.window_start"
-        ).format(
-            sensor=sql.Literal(DONGSI),
-            start=sql.Literal(day_start),
-            end=sql.Literal(day_start + timedelta(days=1)),
-        )
-        text, columns, rows = self._run(query)
-        peak = max(rows, key=lambda row: row[1] or 0)
-        return Answer(
-            sql=text,
-            columns=columns,
-            rows=rows,
-            answer=f"PM2.5 at Dongsi peaked at {peak[1]:.0f} µg/m³ ({peak[0]}).",
-            interpretation="hourly PM2.5, station Dongsi, 20 December (Beijing time)",
-            shape="time_series",
-            places=[{"kind": "sensor", "id": DONGSI}],
-        )
-
-    def _which_nippes(self, now: datetime) -> Reply:
-        return Clarification(
-            answer="Nippes is a district and a sub-district. Which one?",
-            options=[self._nippes_option("district"), self._nippes_option("sub-district")],
-        )
-
-    def _signal_change(self, now: datetime) -> Reply:
-        query = sql.SQL(
-            "SELECT green_s FROM signal_phases WHERE intersection_id = {i} AND phase_index = 0"
-        ).format(i=sql.Literal(NEUSSER_WILHELM))
-        _, _, rows = self._run(query)
-        return ActionDraft(
-            kind="signal_timing",
-            target={"intersection_id": NEUSSER_WILHELM},
-            params={"phase_index": 0, "green_s": 60.0},
-            summary=f"phase 0 at Neusser Str. / Wilhelmstr.: {rows[0][0]:g} s -> 60 s of green",
-            question=ACTION_QUESTION.question,
-        )
+# ---- the language pipeline -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def answerer(nlq_settings: Settings) -> Answerer:
-    """The language pipeline the service runs with. For the real one, this fixture becomes
-    ``return NLQPipeline.from_settings(nlq_settings)`` (cityos.nlq.pipeline)."""
-    return FixtureAnswerer(nlq_settings)
+def answerer(nlq_settings: Settings, spark_executor: SparkExecutor) -> Answerer:
+    """The real pipeline: the trained model, the fixture's gazetteer, Spark over JDBC."""
+    return NLQPipeline.from_settings(nlq_settings, executor=spark_executor)
 
 
 # ---- the running service ----------------------------------------------------------------------
