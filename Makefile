@@ -51,6 +51,10 @@ status: ## show what runs where
 bench-streaming: setup ## end-to-end streaming benchmark; writes reports/bench-streaming.json
 	@$(CITYOS) bench streaming --report reports/bench-streaming.json
 
+.PHONY: train-nlq
+train-nlq: setup ## train the NL-query model (or find this code's version in the cache); prints held-out metrics
+	@$(CITYOS) nlq train
+
 .PHONY: eval-nlq
 eval-nlq: setup ## score the NL-query service on the evaluation kit's questions; writes reports/nlq-dev.json
 	@$(CITYOS) nlq eval --report reports/nlq-dev.json

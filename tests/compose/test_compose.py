@@ -34,9 +34,7 @@ CITYOS_DOCKERFILE = "infra/docker/Dockerfile"
 
 # `cityos` commands the compose file runs before their part has written them. Each entry names
 # the part that owns it; once the command exists its options are checked like any other.
-PLANNED_COMMANDS: dict[tuple[str, ...], str] = {
-    ("nlq", "serve"): "NL-query part: the HTTP API with GET /health",
-}
+PLANNED_COMMANDS: dict[tuple[str, ...], str] = {}
 # Services built from the CityOS image that run something other than the `cityos` CLI.
 NON_CLI_SERVICES = {"spark-worker": "spark-class"}
 
