@@ -23,6 +23,7 @@ demo: setup ## run the Cologne twin through the whole pipeline on the embedded s
 
 .PHONY: test
 test: setup ## run every test (unit + integration against real Kafka, Spark, PostgreSQL, SUMO)
+	@$(CITYOS) nlq train  # the NL-query model the tests load: from the cache, or trained once (~15 min)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
