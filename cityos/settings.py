@@ -42,6 +42,12 @@ def cache_dir_from_env() -> Path:
     return Path(raw).resolve() if raw else _default_cache_dir()
 
 
+def data_dir_from_env() -> Path:
+    """The shared data, needed by commands that run without a stack (``cityos nlq train``)."""
+    raw = os.environ.get("CITYOS_DATA_DIR")
+    return Path(raw).resolve() if raw else SHARED_DIR / "data"
+
+
 def java_home_from_env() -> Path | None:
     """The JDK to run Kafka and Spark with (the standard JAVA_HOME), or None to use PATH."""
     raw = os.environ.get("JAVA_HOME")

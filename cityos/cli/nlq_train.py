@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cityos.settings import get_settings
+from cityos.settings import cache_dir_from_env, data_dir_from_env
 
 
 def register(nlq_app: typer.Typer) -> None:
@@ -20,10 +20,10 @@ def train(
     """Train the NLQ model (or find it: the version is a digest of code, settings and names)."""
     from cityos.nlq.train import ensure_model
 
-    settings = get_settings()
+    # no stack needed: only where the cache and the city files are
     folder = ensure_model(
-        settings.cache_dir,
-        settings.data_dir,
+        cache_dir_from_env(),
+        data_dir_from_env(),
         force=force,
         progress=lambda m: typer.echo(m, err=True),
     )
