@@ -217,6 +217,7 @@ def running_service(
     *,
     port: int | None = None,
     timeout_s: float = SERVICE_START_TIMEOUT_S,
+    kafka_bootstrap: str | None = None,
 ) -> Iterator[str]:
     """`cityos nlq serve` over ``database_url`` in a child process on a free port; yields its
     base URL once /health answers 200 (model loaded, Spark warm), stops it afterwards."""
@@ -225,7 +226,8 @@ def running_service(
     api = f"http://{host}:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [*cityos_command(), "nlq", "serve", "--host", host, "--port", str(port)]
-    env = service_env(database_url, nlq_host=host, nlq_port=port)
+    extra = {"kafka_bootstrap": kafka_bootstrap} if kafka_bootstrap else {}
+    env = service_env(database_url, nlq_host=host, nlq_port=port, **extra)
     say(f"starting the service on {api} (log {log_path})")
     started = time.monotonic()
     with log_path.open("ab") as log_file:

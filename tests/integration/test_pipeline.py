@@ -8,6 +8,7 @@ restart replays the last batch from the checkpoint and nothing is counted twice.
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -97,11 +98,22 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> N
     producer.close()
 
 
-def consume_all(bootstrap: str, topic: str) -> list:
+def consume_all(bootstrap: str, topic: str, expect: int, settle_s: float = 3.0) -> list:
+    """Every record of ``topic``: polls until ``expect`` arrived (or 60 s passed), then for
+    ``settle_s`` more, so a duplicate would still show; slow metadata on a busy machine is waited
+    out rather than read as an empty topic."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=4000, enable_auto_commit=False)
-    messages = list(consumer)
-    consumer.close()
+                             enable_auto_commit=False)
+    messages: list = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                messages.extend(batch)
+            if len(messages) >= expect:
+                deadline = min(deadline, time.monotonic() + settle_s)
+    finally:
+        consumer.close()
     return messages
 
 
@@ -152,8 +164,8 @@ def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url
 
     # every event is either valid (merged) or a dead letter, none lost
     valid = {job.topic: sum(b.valid_rows for b in job.batches) for job in jobs}
-    dlq_traffic = consume_all(kafka_bootstrap, topics.dlq(topics.traffic))
-    dlq_env = consume_all(kafka_bootstrap, topics.dlq(topics.environment))
+    dlq_traffic = consume_all(kafka_bootstrap, topics.dlq(topics.traffic), len(MALFORMED))
+    dlq_env = consume_all(kafka_bootstrap, topics.dlq(topics.environment), len(AIR_MALFORMED))
     assert valid[topics.traffic] == len(traffic) and len(dlq_traffic) == len(MALFORMED)
     assert valid[topics.environment] == len(air) and len(dlq_env) == len(AIR_MALFORMED)
     assert len(traffic) + len(MALFORMED) == valid[topics.traffic] + len(dlq_traffic)
@@ -201,7 +213,8 @@ def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url
     again = run_pipeline(job_settings, until="available", spark=spark)
     assert all(not job.batches for job in again)  # the replayed batch was recognised and skipped
     pd.testing.assert_frame_equal(serving(database_url, pg_schema, "traffic_5m"), before)
-    assert len(consume_all(kafka_bootstrap, topics.dlq(topics.traffic))) == len(MALFORMED)
+    dlq_again = consume_all(kafka_bootstrap, topics.dlq(topics.traffic), len(MALFORMED))
+    assert len(dlq_again) == len(MALFORMED)
 
     # late data: two hours behind the watermark goes to the DLQ with reason 'late'
     old = events.traffic_flow("cologne-tr-06", T0 - timedelta(hours=2),
@@ -209,6 +222,6 @@ def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url
                               occupancy=0.1, average_speed_kmh=30.0)
     produce(kafka_bootstrap, topics.traffic, [(events.key_of(old), events.encode(old))])
     run_pipeline(job_settings, until="available", spark=spark)
-    dlq = consume_all(kafka_bootstrap, topics.dlq(topics.traffic))
+    dlq = consume_all(kafka_bootstrap, topics.dlq(topics.traffic), len(MALFORMED) + 1)
     assert sorted(dict(m.headers)["reason"].decode() for m in dlq).count("late") == 1
     pd.testing.assert_frame_equal(serving(database_url, pg_schema, "traffic_5m"), before)

@@ -28,10 +28,12 @@ BARS = {DEV_QUESTIONS.name: 0.95, PARAPHRASES.name: 0.95}
 
 
 @pytest.fixture(scope="module")
-def api(nlq_database_url: str) -> Iterator[tuple[str, str]]:
+def api(nlq_database_url: str, kafka_bootstrap: str) -> Iterator[tuple[str, str]]:
     log_path = REPO_ROOT / ".state" / "test" / "logs" / "nlq-eval-service.log"
     with (
-        running_service(nlq_database_url, log_path, log.info) as url,
+        running_service(
+            nlq_database_url, log_path, log.info, kafka_bootstrap=kafka_bootstrap
+        ) as url,
         service_token(nlq_database_url, "operator", "test-eval") as token,
     ):
         yield url, token
