@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     nlq_max_cycle_s: float = Field(default=180.0, gt=0)
     nlq_max_question_chars: int = Field(default=2000, ge=1)
     nlq_db_pool_size: int = Field(default=4, ge=1)  # connections the service keeps
+    nlq_whatif_minutes: float = Field(default=30.0, ge=0, le=240)  # per proposal; 0: no what-if
     nlq_model_dir: Path | None = None  # a trained model folder; None: the one for this code
 
     @field_validator("kafka_bootstrap")

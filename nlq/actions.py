@@ -13,8 +13,11 @@ keeps the rules below and as ``rejected`` with the reason when it breaks one:
 Approval needs an operator (or admin) other than the proposer whenever more than one person
 holds such a token (four eyes), before the proposal expires. An approved alert operation is
 applied to ``alerts`` at once; an approved signal change goes to the configured ``Actuator``
-(none yet: it stays ``approved`` with a note). Every step lands in ``action_audit`` with who,
-when, and the target's state before and after.
+(none: it stays ``approved`` with a note). A synchronous actuator confirms at once (``applied``);
+an asynchronous one (``cityos.nlq.actuator.KafkaActuator``) only hands the change on: the action
+is ``sent`` until the controller (``cityos.streaming.control``) confirms it as ``applied`` or
+``failed``. ``rollback`` restores the green in force before an applied change, the same way.
+Every step lands in ``action_audit`` with who, when, and the target's state before and after.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
-PENDING = ("proposed", "approved")  # the statuses that hold an intersection
+PENDING = ("proposed", "approved", "sent")  # the statuses that hold an intersection
 SEVERITIES = ("info", "warning", "critical")
 MAX_MESSAGE_CHARS = 500
 SIGNAL_PARAMS = {"phase_index", "green_s"}
@@ -99,6 +102,7 @@ class Action:
     decided_at: datetime | None = None
     applied_at: datetime | None = None
     note: str | None = None
+    what_if: dict[str, Any] | None = None  # the twin's predicted effect (migration 0006)
 
     def contract_json(self) -> dict[str, Any]:
         """The fields of the ``action`` in an ``/ask`` reply (nlq-api.md)."""
@@ -124,6 +128,7 @@ class Action:
             "decided_at": iso_utc(self.decided_at),
             "applied_at": iso_utc(self.applied_at),
             "note": self.note,
+            "what_if": self.what_if,
         }
 
 
@@ -138,12 +143,17 @@ class Applied:
 class Actuator(Protocol):
     """Puts an approved signal-timing change into effect on a controller.
 
-    Implementations: the SUMO twin through TraCI (future work), a real controller (NTCIP-style)
-    behind the same call. ``apply`` returns the plan before and after, once the controller has
-    confirmed the change, and raises when it could not be made.
+    ``apply`` returns the plan before and after once the controller has confirmed the change, or
+    None when it only handed the change on and the confirmation comes later from the controller
+    (``KafkaActuator``: the control topic, read by ``cityos.streaming.control.ControlLoop`` next
+    to the SUMO twin, or by the adapter of a real NTCIP-style controller). It raises when the
+    change could not be made or handed on. ``rollback`` does the same for a return to
+    ``green_s``, the green in force before the applied ``action``.
     """
 
-    def apply(self, action: Action) -> Applied: ...
+    def apply(self, action: Action) -> Applied | None: ...
+
+    def rollback(self, action: Action, green_s: float) -> Applied | None: ...
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,12 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
+class WhatIfSubmitter(Protocol):
+    """Runs the what-if of a proposed signal change and stores it in ``actions.what_if``."""
+
+    def submit(self, action_id: str, target: dict[str, Any], params: dict[str, Any]) -> None: ...
+
+
 class ActionService:
     """Proposes, approves, rejects and expires actions in the tables of migration 0005."""
 
@@ -203,11 +219,13 @@ class ActionService:
         settings: Settings,
         actuator: Actuator | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        whatif: WhatIfSubmitter | None = None,
     ) -> None:
         self._connect = connect
         self._settings = settings
         self._actuator = actuator
         self._clock = clock
+        self._whatif = whatif  # simulates each proposed signal change on the twin (background)
 
     # ---- the steps ------------------------------------------------------------------------
 
@@ -258,6 +276,9 @@ class ActionService:
         log.info(
             "action %s %s by %s: %s", action.action_id, action.status, principal.name, action.reason
         )
+        if self._whatif is not None and action.status == "proposed":  # committed: the row exists
+            if action.kind == "signal_timing":
+                self._whatif.submit(action.action_id, action.target, action.params)
         return action
 
     def approve(self, action_id: str, principal: Principal) -> Action:
@@ -297,7 +318,71 @@ class ActionService:
                 note = "approved; no actuator is configured, so no controller was changed"
                 return self._finish(conn, approved, principal, note=note)
             self._save(conn, approved)
-        return self._actuate(approved, principal)
+            # still holding the row lock: a controller confirming the change waits for 'sent'
+            return self._actuate(conn, approved, principal, current)
+
+    def rollback(self, action_id: str, principal: Principal) -> Action:
+        """Restore the green in force before an applied signal change.
+
+        Only the latest change of its phase can be rolled back (the phase must still run the
+        green it set), and one rollback at a time. A synchronous actuator confirms at once
+        (``rolled_back``); through ``KafkaActuator`` the action stays ``applied`` until the
+        controller confirms the rollback."""
+        self._require_operator(principal, "roll back")
+        with self._connect() as conn:
+            action = self._load(conn, action_id, for_update=True)
+            if action.kind != "signal_timing" or action.status != "applied":
+                raise ActionConflict(
+                    f"action {action_id} is a {action.status} {action.kind} action; only an "
+                    "applied signal timing change can be rolled back"
+                )
+            if self._actuator is None:
+                raise ActionConflict("no actuator is configured, so no controller can be changed")
+            phase_index, green_s = action.params["phase_index"], float(action.params["green_s"])
+            trail = _all(
+                conn,
+                "SELECT step, actor, status_after, before FROM action_audit WHERE action_id = %s"
+                " ORDER BY audit_id",
+                (action_id,),
+            )
+            applied = next((s for s in reversed(trail) if s["step"] == "apply"), None)
+            previous = (applied or {}).get("before") or {}
+            if _number(previous.get("green_s")) is None:
+                raise ActionConflict(f"action {action_id} has no recorded green before it")
+            if trail[-1]["step"] == "rollback":
+                raise ActionConflict(f"a rollback of action {action_id} is already under way")
+            phase = _one(
+                conn,
+                "SELECT green_s FROM signal_phases WHERE intersection_id = %s AND phase_index = %s"
+                " FOR UPDATE",
+                (action.intersection_id, phase_index),
+            )
+            if phase is None or phase["green_s"] != green_s:
+                now_s = "gone" if phase is None else _seconds(phase["green_s"])
+                raise ActionConflict(
+                    f"phase {phase_index} at {action.intersection_id} runs {now_s} now, not the "
+                    f"{_seconds(green_s)} action {action_id} set; roll back the later change first"
+                )
+            before_s = float(previous["green_s"])
+            before = {"phase_index": phase_index, "green_s": green_s}
+            after = {"phase_index": phase_index, "green_s": before_s}
+            try:
+                confirmed = self._actuator.rollback(action, before_s)
+            except Exception as err:
+                log.exception("actuator failed to roll back action %s", action_id)
+                raise ActionError(f"the actuator failed: {err}") from err
+            if confirmed is None:
+                note = f"rollback to {_seconds(before_s)} sent to the controller"
+                self._audit(conn, action, "rollback", principal, action.status, before, after, note)
+                done = replace(action, note=note)
+                self._save(conn, done)
+                return done
+            done = replace(action, status="rolled_back", note=f"rolled back by {principal.name}")
+            self._save(conn, done)
+            self._audit(
+                conn, done, "rollback", principal, action.status, confirmed.before, confirmed.after
+            )
+            return done
 
     def reject(self, action_id: str, principal: Principal, note: str | None = None) -> Action:
         """Discard a proposal (or an approved change that has not been applied yet)."""
@@ -483,7 +568,7 @@ class ActionService:
         pending = _one(  # an unapproved proposal is superseded by a valid new one instead
             conn,
             "SELECT action_id, status FROM actions WHERE intersection_id = %s"
-            " AND status = 'approved' AND action_id IS DISTINCT FROM %s",
+            " AND status IN ('approved', 'sent') AND action_id IS DISTINCT FROM %s",
             (intersection_id, action_id),
         )
         if pending is not None:
@@ -600,17 +685,24 @@ class ActionService:
         assert after is not None
         return Applied(before=_alert_state(before), after=_alert_state(after))
 
-    def _actuate(self, action: Action, principal: Principal) -> Action:
+    def _actuate(
+        self, conn: psycopg.Connection, action: Action, principal: Principal, change: Assessment
+    ) -> Action:
         """Hand an approved signal change to the actuator and record what happened."""
         assert self._actuator is not None
         try:
             applied = self._actuator.apply(action)
         except Exception as err:
             log.exception("actuator failed on action %s", action.action_id)
-            with self._connect() as conn:
-                return self._finish(conn, action, principal, failed=f"the actuator failed: {err}")
-        with self._connect() as conn:
-            return self._finish(conn, action, principal, applied=applied)
+            return self._finish(conn, action, principal, failed=f"the actuator failed: {err}")
+        if applied is None:  # handed on; the controller confirms
+            sent = replace(action, status="sent", note="sent to the controller")
+            self._save(conn, sent)
+            self._audit(
+                conn, sent, "send", principal, action.status, change.before, change.after, sent.note
+            )
+            return sent
+        return self._finish(conn, action, principal, applied=applied)
 
     def _finish(
         self,

@@ -148,6 +148,9 @@ class ActionRecordPublic(ActionPublic):
     decided_at: str | None
     applied_at: str | None
     note: str | None
+    what_if: dict[str, Any] | None = Field(
+        default=None, description="the twin's predicted effect of a signal change (when ready)"
+    )
 
 
 class ActionListPublic(BaseModel):
@@ -471,6 +474,11 @@ def _actions_router(actions: ActionService) -> APIRouter:
         """Discard a proposal, or an approved change not applied yet."""
         return actions.reject(action_id, principal, body.note if body else None).to_json()
 
+    @router.post("/{action_id}/rollback", response_model=ActionRecordPublic)
+    def rollback(action_id: str, principal: OperatorDep) -> dict[str, Any]:
+        """Restore the green an applied signal change replaced (sent to the controller)."""
+        return actions.rollback(action_id, principal).to_json()
+
     return router
 
 
@@ -507,6 +515,11 @@ def create_app(
     """The service; ``answerer`` defaults to ``NLQPipeline.from_settings(settings)``, loaded
     in the background at startup (``/health`` says when it is ready)."""
     pool = _pool(settings)
+    whatif = None
+    if settings.nlq_whatif_minutes > 0:
+        from cityos.streaming.whatif import WhatIfRunner
+
+        whatif = WhatIfRunner(pool.connection, settings, minutes=settings.nlq_whatif_minutes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -515,6 +528,8 @@ def create_app(
         try:
             yield
         finally:
+            if whatif is not None:
+                whatif.close(wait=False)
             pool.close()
 
     app = FastAPI(
@@ -527,7 +542,7 @@ def create_app(
     app.state.settings = settings
     app.state.pool = pool
     app.state.rate_limiter = RateLimiter(settings.nlq_rate_per_minute)
-    app.state.actions = ActionService(pool.connection, settings, actuator)
+    app.state.actions = ActionService(pool.connection, settings, actuator, whatif=whatif)
     app.state.answerer = (
         LazyAnswerer(lambda: _pipeline(settings))
         if answerer is None

@@ -7,8 +7,11 @@ import logging
 import typer
 
 from cityos.cli import (
+    actions,
     bench,
+    bench_control,
     bench_nlq,
+    bench_whatif,
     db,
     demo,
     geo,
@@ -32,6 +35,9 @@ demo.register(app)
 jobs.register(streaming.app)
 bench.register(app)
 bench_nlq.register(bench.app)
+bench_control.register(bench.app)
+bench_whatif.register(bench.app)
+actions.register(app)  # cityos actions list|show|rollback
 nlq.register(app)  # cityos token …, cityos nlq …, cityos ask
 nlq_train.register(nlq.nlq_app)
 nlq_eval.register(nlq.nlq_app)

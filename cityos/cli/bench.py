@@ -140,4 +140,4 @@ def streaming(
 
 
 def register(parent: typer.Typer) -> None:
-    parent.add_typer(app, name="bench", help="Benchmarks (streaming, NL query).")
+    parent.add_typer(app, name="bench", help="Benchmarks (streaming, NL query, control, what-if).")

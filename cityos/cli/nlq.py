@@ -110,14 +110,16 @@ def serve(
     host: Annotated[str | None, typer.Option(help="default: setting nlq_host")] = None,
     port: Annotated[int | None, typer.Option(help="default: setting nlq_port")] = None,
 ) -> None:
-    """Run the service (one process: the rate limits live in it)."""
+    """Run the service (one process: the rate limits live in it). Approved signal changes go
+    to the Kafka control topic when the broker can be reached (else they stay 'approved')."""
     import uvicorn
 
+    from cityos.nlq.actuator import KafkaActuator
     from cityos.nlq.service import create_app
 
     settings = get_settings()
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, actuator=KafkaActuator.connect(settings)),
         host=host or settings.nlq_host,
         port=port or settings.nlq_port,
         log_level="info",

@@ -81,8 +81,11 @@ def twin_command(
     start: str = typer.Option(None, help="wall time of simulated t=0, ISO UTC [CITYOS_TWIN_START]"),
     demand_scale: float = typer.Option(1.0, min=0.0, help="multiple of the scenario's demand"),
     register: bool = typer.Option(True, help="upsert city, intersections, phases, sensors"),
+    control: bool = typer.Option(True, help="apply approved signal changes from the control"
+                                 " topic between simulation steps"),
 ) -> None:
     """Run the SUMO traffic twin and publish detector, air-quality and noise events."""
+    from cityos.streaming.control import ControlLoop, SumoController
     from cityos.streaming.sources import twin
     from cityos.streaming.sources.registry import register_twin
 
@@ -98,9 +101,18 @@ def twin_command(
           or twin.default_start(speed, duration))
     with (_stop_on_sigint() as stop, _producer(settings) as producer,
           twin.Twin(prepared.scenario, prepared.layout, prepared.stations,
-                    demand_scale=demand_scale, work_dir=settings.state_dir / "twin") as sim):
+                    demand_scale=demand_scale, work_dir=settings.state_dir / "twin") as sim,
+          contextlib.ExitStack() as closing):
+        loop = None
+        if control:
+            loop = ControlLoop.from_settings(SumoController(sim), settings)
+            closing.callback(loop.close)
         stats = twin.run(sim, producer, Topics(settings.topic_prefix), start=t0, speedup=speed,
-                         duration_s=duration, stop=stop)
+                         duration_s=duration, stop=stop, control=loop.poll if loop else None)
+    if loop is not None:
+        c = loop.stats
+        typer.echo(f"control: {c.applied} applied, {c.rolled_back} rolled back, {c.failed} "
+                   f"refused, {c.skipped} skipped")
     typer.echo(f"simulated {stats.simulated_s:.0f} s: {stats.traffic_events} traffic and "
                f"{stats.environment_events} environment events")
 

@@ -1,16 +1,20 @@
 // The CityOS operator console: ask in plain language, read the answer, its SQL, rows, chart and
-// map; approve or reject proposed control actions. Talks only to this service's /api/v1 (the
-// contract in shared/contracts/nlq-api.md) with the operator's Bearer token, which stays in this
-// tab's sessionStorage. Every piece of data is put into the page as text, never as markup.
+// map; approve or reject proposed control actions (a signal change with the twin's predicted
+// effect beside it, whatif.js). Talks only to this service's /api/v1 (the contract in
+// shared/contracts/nlq-api.md) with the operator's Bearer token, which stays in this tab's
+// sessionStorage. Every piece of data is put into the page as text, never as markup.
 
 import { timeSeriesChart } from './chart.js';
 import { el, formatValue } from './dom.js';
 import { placesMap } from './map.js';
+import { whatIfView } from './whatif.js';
 
 const API = '/api/v1';
 const TOKEN_KEY = 'cityos.console.token';
 const MAX_TABLE_ROWS = 500;
 const MAX_HISTORY = 30;
+const WHAT_IF_POLL_MS = 2000; // while a proposed signal change waits for its simulation
+const WHAT_IF_WAIT_MS = 120_000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -288,7 +292,10 @@ const PARAM_LABELS = {
   message: 'Message',
 };
 const ACTION_TITLES = { signal_timing: 'Signal timing change', alert: 'Alert operation' };
-const FINAL_STATUSES = new Set(['approved', 'rejected', 'applied', 'failed', 'rolled_back', 'expired']);
+// statuses after which this card takes no more decisions ('sent': the controller has it)
+const FINAL_STATUSES = new Set([
+  'approved', 'sent', 'rejected', 'applied', 'failed', 'rolled_back', 'expired', 'superseded',
+]);
 
 function paramText(name, value) {
   if (name === 'green_s' && typeof value === 'number') return `${formatValue(value)} s`;
@@ -318,8 +325,9 @@ function renderAction(body, action) {
     el('h3', {}, action.status === 'rejected' ? 'Rejected before proposal' : 'What would change'),
     action.reason ? el('p', { class: 'change' }, action.reason) : null,
     facts);
-  const whatIf = action.what_if ?? action.prediction;
-  if (whatIf && typeof whatIf === 'object') card.append(predictedEffect(whatIf));
+  if (action.kind === 'signal_timing' && action.status !== 'rejected') {
+    card.append(whatIfSection(action));
+  }
 
   if (action.status === 'proposed' && action.action_id) {
     card.append(...decisionControls(action.action_id, (newStatus) => {
@@ -376,16 +384,55 @@ function decisionControls(actionId, onStatus) {
   return [el('div', { class: 'decision' }, approve, reject), outcome];
 }
 
-/** The what-if comparison the service may attach: nested numbers as a two-level list. */
-function predictedEffect(whatIf) {
-  const list = el('dl', { class: 'facts what-if' });
-  for (const [key, value] of Object.entries(whatIf)) {
-    const text = value && typeof value === 'object'
-      ? Object.entries(value).map(([k, v]) => `${k}: ${formatValue(v)}`).join(', ')
-      : formatValue(value);
-    list.append(el('dt', {}, key.replaceAll('_', ' ')), el('dd', {}, text));
+/** The twin's predicted effect: shown when the action has it, else fetched until it arrives. */
+function whatIfSection(action) {
+  const state = el('p', { class: 'what-if-state', role: 'status' });
+  const content = el('div', { class: 'what-if-content' });
+  const section = el('section', { class: 'what-if-section', 'data-state': 'waiting', 'aria-live': 'polite' },
+    el('h4', {}, 'Predicted effect (simulated on the twin)'), state, content);
+  const show = (whatIf) => {
+    section.dataset.state = typeof whatIf?.error === 'string' ? 'error' : 'ready';
+    state.textContent = '';
+    content.replaceChildren(...whatIfView(whatIf));
+  };
+  const stop = (text, tone) => {
+    section.dataset.state = tone;
+    state.textContent = text;
+  };
+  if (action.what_if && typeof action.what_if === 'object') {
+    show(action.what_if);
+  } else if (action.status === 'proposed' && action.action_id) {
+    state.textContent = 'Simulating the current and the changed plan on the twin…';
+    pollWhatIf(section, action.action_id, show, stop);
+  } else {
+    stop('No prediction was made for this change.', 'none');
   }
-  return el('section', { class: 'what-if-section' }, el('h4', {}, 'Predicted effect'), list);
+  return section;
+}
+
+function pollWhatIf(section, actionId, show, stop) {
+  const deadline = Date.now() + WHAT_IF_WAIT_MS;
+  const poll = async () => {
+    if (!section.isConnected) return; // a newer reply replaced the card
+    try {
+      const action = await api('GET', `/actions/${encodeURIComponent(actionId)}`);
+      if (action?.what_if && typeof action.what_if === 'object') {
+        show(action.what_if);
+        return;
+      }
+    } catch (error) {
+      if ([401, 403, 404].includes(error.status)) {
+        stop(`No prediction: ${error.message}`, 'error');
+        return;
+      }
+    }
+    if (Date.now() >= deadline) {
+      stop('No prediction yet: the simulation did not finish within 2 minutes.', 'timeout');
+      return;
+    }
+    setTimeout(poll, WHAT_IF_POLL_MS);
+  };
+  setTimeout(poll, WHAT_IF_POLL_MS);
 }
 
 // ---------------------------------------------------------------- pending actions
@@ -410,6 +457,7 @@ async function loadPending() {
       ].filter(Boolean).join(' · ');
       const item = el('li', { class: 'pending-item', 'data-action-id': action.action_id },
         el('p', { class: 'pending-reason' }, action.reason ?? action.summary ?? action.kind ?? ''),
+        typeof action.what_if?.summary === 'string' ? el('p', { class: 'pending-what-if' }, `Predicted: ${action.what_if.summary}`) : null,
         el('span', { class: 'history-meta' }, meta));
       item.append(...decisionControls(action.action_id, (newStatus) => item.classList.add(`status-${newStatus}`)));
       return item;

@@ -283,12 +283,18 @@ class Pacer:
         self.speedup = speedup
         self._wall0 = time.monotonic()
 
-    def wait(self, simulated_s: float) -> None:
+    def wait(self, simulated_s: float, idle: Callable[[], object] | None = None,
+             every_s: float = 0.05) -> None:
+        """Sleep until ``simulated_s`` is due; ``idle`` (control polling) runs every ``every_s``
+        wall seconds meanwhile, so a slow twin still takes a change within ``every_s``."""
         if math.isinf(self.speedup) or self.speedup >= 1e6:
             return
-        ahead = self._wall0 + simulated_s / self.speedup - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
+        while (ahead := self._wall0 + simulated_s / self.speedup - time.monotonic()) > 0:
+            if idle is None:
+                time.sleep(ahead)
+                return
+            idle()
+            time.sleep(min(ahead, every_s))
 
 
 def default_start(
@@ -310,10 +316,13 @@ def default_start(
 
 def run(twin: Twin, producer: Any, topics: Topics, *, start: datetime, speedup: float,
         duration_s: float | None, stop: threading.Event | None = None,
-        progress: Callable[[float], None] | None = None) -> RunStats:
+        progress: Callable[[float], None] | None = None,
+        control: Callable[[], object] | None = None) -> RunStats:
     """Simulate and publish until ``duration_s`` simulated seconds passed or ``stop`` is set.
 
-    ``progress`` is called with the simulated seconds after every published period."""
+    ``progress`` is called with the simulated seconds after every published period; ``control``
+    (``ControlLoop.poll``, non-blocking) between simulation steps from the warm-up's end, and
+    every 50 ms while the pacer waits."""
     stop = stop or threading.Event()
     stats = RunStats()
     twin.warm_up()
@@ -321,8 +330,10 @@ def run(twin: Twin, producer: Any, topics: Topics, *, start: datetime, speedup: 
     last_log = time.monotonic()
     while not stop.is_set() and (duration_s is None or twin.time < duration_s):
         twin.step()
+        if control is not None:
+            control()
         t = twin.time
-        pacer.wait(t)
+        pacer.wait(t, idle=control)
         if t % PERIOD_S == 0:
             end = start + timedelta(seconds=t)
             begin = end - timedelta(seconds=PERIOD_S)

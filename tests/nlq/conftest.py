@@ -47,6 +47,7 @@ def nlq_settings(stack: Stack, nlq_database_url: str) -> Settings:
         database_schema="public",
         spark_master="local[2]",
         spark_shuffle_partitions=2,
+        nlq_whatif_minutes=10,  # what-if of proposals: short windows keep the tests quick
         **TEST_PORTS,
     )
 

@@ -401,6 +401,13 @@ def test_proposed_action_is_approved_by_a_second_operator(tab: Tab, signal_free:
     tab.expect(card).to_contain_text("60")  # the new green time
     tab.expect(card).to_contain_text("Neusser Str. / Wilhelmstr.")  # named from the map data
     tab.expect(page.locator(f'#map svg [data-id="{signal_free}"]')).to_have_count(1)
+    # the twin's what-if arrives before the decision: current vs changed, network included
+    what_if = card.locator('.what-if-section[data-state="ready"]')
+    tab.expect(what_if).to_have_count(1, timeout=180_000)
+    for plan in ("current", "changed"):
+        tab.expect(
+            what_if.locator(f'rect.bar[data-plan="{plan}"][data-area="network"]')
+        ).not_to_have_count(0)
     # four eyes: another operator approves, from the same console
     tab.use_token(tab.service.token("bob"))
     card.get_by_role("button", name="Approve").click()

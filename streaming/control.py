@@ -1,0 +1,415 @@
+"""The controller side of control actions: approved signal changes from Kafka into the twin.
+
+The NL-query service publishes every approved signal-timing change to the control topic
+(``cityos.nlq.actuator.KafkaActuator``, keyed by intersection id). Next to the SUMO twin a
+:class:`ControlLoop` polls that topic between simulation steps and, for each change:
+
+1. locks the action's row and checks it still awaits this step (``sent``/``approved`` for an
+   apply, ``applied`` for a rollback) and that the message is exactly what was approved;
+   anything else is skipped, so a message delivered again after a restart changes nothing;
+2. has the :class:`SignalController` apply it, which reads the plan back from the controller;
+3. in the same PostgreSQL transaction updates ``signal_phases.green_s``, the action (``applied``
+   or ``rolled_back``) and writes an ``action_audit`` row (actor ``actuator:sumo``) with the
+   green before and after; or, when the controller refused, marks the action ``failed`` with
+   the reason and leaves the plan alone;
+4. commits the message's offset only after that transaction committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from cityos.errors import CityOSError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["apply", "rollback"]
+KINDS = ("apply", "rollback")
+AWAITING: dict[str, tuple[str, ...]] = {  # the action statuses a message may act on
+    "apply": ("approved", "sent"),
+    "rollback": ("applied",),
+}
+STATUS_AFTER = {"apply": "applied", "rollback": "rolled_back"}
+CONSUMER_GROUP = "cityos-control"
+
+
+class ControlError(CityOSError):
+    """A change could not be applied or confirmed; the message says why."""
+
+
+class ControlRefused(ControlError):
+    """The controller refused the change (unknown signal or phase, green outside its limits)."""
+
+
+class BadControlMessage(ControlError):
+    """A control-topic message that is not a change (kept out of the loop, logged)."""
+
+
+@dataclass(frozen=True)
+class ControlChange:
+    """One message of the control topic."""
+
+    action_id: str
+    intersection_id: str
+    phase_index: int
+    green_s: float
+    kind: Kind = "apply"
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @property
+    def key(self) -> bytes:
+        return self.intersection_id.encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> ControlChange:
+        try:
+            data = json.loads(raw or b"")
+            change = cls(
+                action_id=str(data["action_id"]),
+                intersection_id=str(data["intersection_id"]),
+                phase_index=data["phase_index"],
+                green_s=float(data["green_s"]),
+                kind=data.get("kind", "apply"),
+            )
+        except (ValueError, TypeError, KeyError) as err:
+            raise BadControlMessage(f"not a control change: {err}") from err
+        if isinstance(change.phase_index, bool) or not isinstance(change.phase_index, int):
+            raise BadControlMessage(f"phase_index {change.phase_index!r} is not an integer")
+        if change.kind not in KINDS:
+            raise BadControlMessage(f"kind {change.kind!r} is not one of {', '.join(KINDS)}")
+        return change
+
+
+@dataclass(frozen=True)
+class ConfirmedPlan:
+    """A phase's green as read back from the controller before and after a change."""
+
+    intersection_id: str
+    phase_index: int
+    green_before_s: float
+    green_after_s: float
+    program_id: str | None = None
+
+    def before(self) -> dict[str, Any]:
+        return {"phase_index": self.phase_index, "green_s": self.green_before_s}
+
+    def after(self) -> dict[str, Any]:
+        return {
+            "phase_index": self.phase_index,
+            "green_s": self.green_after_s,
+            "program_id": self.program_id,
+        }
+
+
+class SignalController(Protocol):
+    """A traffic signal controller that changes one green phase and confirms it by reading back.
+
+    Here: :class:`SumoController` (the twin, through TraCI/libsumo). A real controller would sit
+    behind the same call through an NTCIP 1202 (Actuated Signal Controller) adapter, which we
+    cannot run here: the green maps to the phase's timing objects (``phaseMinimumGreen``,
+    ``phaseMaximum1``/``phaseMaximum2`` of ``phaseTable``; in a coordinated plan the split of
+    ``splitTable`` for the active ``patternTable`` entry and its ``patternCycleTime``), written
+    with SNMP SET, preferably into a new pattern/timing plan activated by
+    ``timebaseAscPatternSync`` or a pattern command at the cycle's end, and confirmed by reading
+    the objects back (GET) and ``unitControlStatus``. ``apply`` refuses (``ControlRefused``) what
+    the controller's own limits do not allow, whatever the database said, and raises
+    ``ControlError`` when it could not confirm the change.
+    """
+
+    actor: str  # who the audit trail names, e.g. 'actuator:sumo'
+
+    def apply(self, change: ControlChange) -> ConfirmedPlan: ...
+
+
+class SumoController:
+    """The twin as controller: ``Twin.set_green``, confirmed from SUMO's live program."""
+
+    actor = "actuator:sumo"
+
+    def __init__(self, twin: Any) -> None:
+        self.twin = twin  # cityos.streaming.sources.twin.Twin, started
+
+    def green(self, intersection_id: str, phase_index: int) -> tuple[float, str]:
+        """The green SUMO's running program gives the phase now, and the program's id."""
+        state = self.twin.signal_state().get(intersection_id)
+        if state is None:
+            raise ControlRefused(f"the twin has no signal {intersection_id!r}")
+        if not 0 <= phase_index < len(state.phases):
+            raise ControlRefused(
+                f"{intersection_id} has green phases 0..{len(state.phases) - 1}, not {phase_index}"
+            )
+        return state.phases[phase_index].green_s, state.program_id
+
+    def apply(self, change: ControlChange) -> ConfirmedPlan:
+        before, _ = self.green(change.intersection_id, change.phase_index)
+        try:
+            self.twin.set_green(change.intersection_id, change.phase_index, change.green_s)
+        except ValueError as err:
+            raise ControlRefused(str(err)) from err
+        after, program = self.green(change.intersection_id, change.phase_index)
+        if after != change.green_s:
+            raise ControlError(
+                f"SUMO runs {after:g} s on {change.intersection_id} phase {change.phase_index} "
+                f"after setting {change.green_s:g} s"
+            )
+        return ConfirmedPlan(change.intersection_id, change.phase_index, before, after, program)
+
+
+Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
+
+
+@dataclass
+class LoopStats:
+    applied: int = 0
+    rolled_back: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bad: int = 0
+
+
+def _one(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchone()
+
+
+class ControlLoop:
+    """Applies the control topic's changes through a controller and records them in PostgreSQL.
+
+    ``poll()`` never blocks: it handles what the consumer already fetched (at most
+    ``max_messages``) and returns; the twin calls it between simulation steps.
+    """
+
+    def __init__(
+        self,
+        controller: SignalController,
+        connect: Connect,
+        consumer: Any = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_messages: int = 10,
+    ) -> None:
+        self.controller = controller
+        self._connect = connect
+        self._consumer = consumer  # confluent_kafka.Consumer, assigned, no auto commit
+        self._clock = clock
+        self.max_messages = max_messages
+        self.stats = LoopStats()
+
+    @classmethod
+    def from_settings(cls, controller: SignalController, settings: Any) -> ControlLoop:
+        """Consumer on ``Topics(settings.topic_prefix).control``; database of the settings."""
+        from cityos.db import connect
+        from cityos.topics import Topics
+
+        url, schema = settings.database_url.get_secret_value(), settings.database_schema
+        consumer = control_consumer(
+            settings.kafka_bootstrap, Topics(settings.topic_prefix).control, settings.topic_prefix
+        )
+        return cls(controller, lambda: connect(url, schema), consumer)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def poll(self) -> int:
+        """Handle the messages waiting now; returns how many were handled."""
+        from confluent_kafka import TopicPartition
+
+        assert self._consumer is not None
+        handled = 0
+        while handled < self.max_messages:
+            message = self._consumer.poll(0)
+            if message is None:
+                break
+            if message.error():
+                log.warning("control topic: %s", message.error())
+                continue
+            where = f"{message.topic()}[{message.partition()}] offset={message.offset()}"
+            try:
+                change = ControlChange.decode(message.value())
+            except BadControlMessage as err:
+                log.error("%s skipped: %s", where, err)
+                self.stats.bad += 1
+            else:
+                try:
+                    self.handle(change)
+                except psycopg.OperationalError as err:  # the database is away: retry later
+                    log.error("%s not handled, retried on a later poll: %s", where, err)
+                    self._consumer.seek(
+                        TopicPartition(message.topic(), message.partition(), message.offset())
+                    )
+                    break
+            self._consumer.commit(message=message, asynchronous=False)
+            handled += 1
+        return handled
+
+    def handle(self, change: ControlChange) -> str:
+        """Apply one change and record it: 'applied', 'rolled_back', 'failed' or 'skipped'."""
+        with self._connect() as conn, conn.transaction():
+            action = _one(
+                conn,
+                "SELECT status, kind, intersection_id, params FROM actions WHERE action_id = %s"
+                " FOR UPDATE",
+                (change.action_id,),
+            )
+            if action is None or action["status"] not in AWAITING[change.kind]:
+                status = action["status"] if action else "unknown"
+                log.info(
+                    "%s of %s skipped: the action is %s", change.kind, change.action_id, status
+                )
+                self.stats.skipped += 1
+                return "skipped"
+            mismatch = self._mismatch(conn, change, action)
+            if mismatch is None:
+                try:
+                    plan = self.controller.apply(change)
+                except ControlError as err:
+                    mismatch = str(err)
+            if mismatch is not None:
+                self._fail(conn, change, action["status"], mismatch)
+                return "failed"
+            self._record(conn, change, action["status"], plan)
+        log.info(
+            "%s %s: %s phase %d green %g -> %g s",
+            change.kind,
+            change.action_id,
+            change.intersection_id,
+            change.phase_index,
+            plan.green_before_s,
+            plan.green_after_s,
+        )
+        return STATUS_AFTER[change.kind]
+
+    def _mismatch(
+        self, conn: psycopg.Connection, change: ControlChange, action: dict[str, Any]
+    ) -> str | None:
+        """Why the message is not the approved change (or its rollback), or None."""
+        params = action["params"]
+        where = (action["intersection_id"], params.get("phase_index"))
+        if action["kind"] != "signal_timing" or where != (
+            change.intersection_id,
+            change.phase_index,
+        ):
+            return f"the message does not match action {change.action_id}"
+        if change.kind == "apply":
+            expected = params.get("green_s")
+        else:  # back to the green the apply step found
+            applied = _one(
+                conn,
+                "SELECT before FROM action_audit WHERE action_id = %s AND step = 'apply'"
+                " ORDER BY audit_id DESC LIMIT 1",
+                (change.action_id,),
+            )
+            expected = ((applied or {}).get("before") or {}).get("green_s")
+        if expected is None or float(expected) != change.green_s:
+            return f"the message's green {change.green_s:g} s is not the one of {change.action_id}"
+        return None
+
+    def _record(
+        self, conn: psycopg.Connection, change: ControlChange, status: str, plan: ConfirmedPlan
+    ) -> None:
+        now = self._clock()
+        status_after = STATUS_AFTER[change.kind]
+        conn.execute(
+            "UPDATE signal_phases SET green_s = %s WHERE intersection_id = %s AND phase_index = %s",
+            (plan.green_after_s, plan.intersection_id, plan.phase_index),
+        )
+        note = (
+            "confirmed by the controller"
+            if change.kind == "apply"
+            else f"rolled back to {plan.green_after_s:g} s, confirmed by the controller"
+        )
+        conn.execute(
+            "UPDATE actions SET status = %s, applied_at = CASE WHEN %s THEN %s ELSE applied_at END,"
+            " note = %s WHERE action_id = %s",
+            (status_after, change.kind == "apply", now, note, change.action_id),
+        )
+        self._audit(conn, change, "apply", now, status, status_after, plan, note)
+        if change.kind == "apply":
+            self.stats.applied += 1
+        else:
+            self.stats.rolled_back += 1
+
+    def _fail(self, conn: psycopg.Connection, change: ControlChange, status: str, why: str) -> None:
+        """A refused apply fails the action; a refused rollback leaves it applied, noted."""
+        now = self._clock()
+        log.warning("%s of %s refused: %s", change.kind, change.action_id, why)
+        if change.kind == "apply":
+            status_after, note = "failed", f"the controller refused: {why}"
+        else:
+            status_after, note = status, f"rollback refused by the controller: {why}"
+        conn.execute(
+            "UPDATE actions SET status = %s, note = %s WHERE action_id = %s",
+            (status_after, note, change.action_id),
+        )
+        self._audit(conn, change, "fail", now, status, status_after, None, note)
+        self.stats.failed += 1
+
+    def _audit(
+        self,
+        conn: psycopg.Connection,
+        change: ControlChange,
+        step: str,
+        at: datetime,
+        status_before: str,
+        status_after: str,
+        plan: ConfirmedPlan | None,
+        note: str,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO action_audit (action_id, step, actor, actor_role, at, status_before,"
+            " status_after, before, after, note) VALUES (%s, %s, %s, 'actuator', %s, %s, %s,"
+            " %s, %s, %s)",
+            (
+                change.action_id,
+                step,
+                self.controller.actor,
+                at,
+                status_before,
+                status_after,
+                None if plan is None else Jsonb(plan.before()),
+                None if plan is None else Jsonb(plan.after()),
+                note,
+            ),
+        )
+
+
+def control_consumer(bootstrap: str, topic: str, group_prefix: str = "") -> Any:
+    """A confluent-kafka consumer assigned every partition of ``topic`` (no group rebalancing:
+    one controller per topic), resuming at the group's committed offsets, else the earliest."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_prefix + CONSUMER_GROUP,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "client.id": "cityos-control",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+    except KafkaException as err:
+        consumer.close()
+        raise ControlError(f"cannot reach Kafka at {bootstrap}: {err}") from err
+    partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
+    if not partitions or metadata.topics[topic].error is not None:
+        consumer.close()
+        raise ControlError(f"the control topic {topic} does not exist (`cityos up` creates it)")
+    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    return consumer

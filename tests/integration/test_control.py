@@ -1,0 +1,264 @@
+"""Approved signal changes into the SUMO twin: real Kafka, real PostgreSQL, real SUMO in-process.
+
+The serving tables hold the cologne8 twin's own registration (``register_twin``, as
+``cityos stream twin`` does it): 32319828 (Neusser Str. / Wilhelmstr.) runs phase 0 through at
+78 s of 5-90 s and phase 1 left turns at 6 s of 5-20 s, a 90 s cycle.
+"""
+
+from __future__ import annotations
+
+import time
+
+import libsumo
+import pytest
+
+from cityos.db import connect
+from cityos.nlq.actions import ActionConflict, ActionService
+from cityos.nlq.actuator import KafkaActuator
+from cityos.settings import SHARED_DIR
+from cityos.streaming.control import ControlChange, ControlLoop, SumoController
+from cityos.streaming.sources import twin
+from cityos.streaming.sources.registry import register_twin
+from tests.nlq.service_tools import Tokens, rows, signal_draft
+
+pytestmark = pytest.mark.integration
+
+DATA = SHARED_DIR / "data"
+NEUSSER_WILHELM = "32319828"
+DEADLINE_S = 60.0  # only a bound for a broken loop; a healthy one confirms within a second
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return twin.prepare("cologne8", DATA)
+
+
+@pytest.fixture
+def sim(prepared):
+    with twin.Twin(prepared.scenario, prepared.layout, prepared.stations) as running:
+        yield running
+
+
+@pytest.fixture
+def control_settings(settings, pg_schema, database_url, prepared):
+    with connect(database_url, pg_schema, autocommit=True) as conn:
+        register_twin(conn, prepared.city, prepared.layout, prepared.stations)
+    return settings.model_copy(update={"database_schema": pg_schema})
+
+
+@pytest.fixture
+def people(database_url, pg_schema):
+    tokens = Tokens(database_url, pg_schema)
+    for name in ("alice", "bob"):  # two operators: four eyes
+        tokens.new("operator", name)
+    return tokens.principals
+
+
+@pytest.fixture
+def actuator(control_settings):
+    kafka = KafkaActuator.connect(control_settings)
+    assert kafka is not None
+    yield kafka
+    kafka.close()
+
+
+@pytest.fixture
+def service(control_settings, database_url, pg_schema, actuator):
+    return ActionService(lambda: connect(database_url, pg_schema), control_settings, actuator)
+
+
+@pytest.fixture
+def loop(sim, control_settings):
+    control = ControlLoop.from_settings(SumoController(sim), control_settings)
+    yield control
+    control.close()
+
+
+def run_until(sim, loop, service, action_id, statuses):
+    """Step the twin, polling the control topic between steps, until the action is in one of
+    ``statuses``."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        sim.step()
+        loop.poll()
+        action = service.get(action_id)
+        if action.status in statuses:
+            return action
+        time.sleep(0.01)
+    raise AssertionError(f"{action_id} still {service.get(action_id).status} after {DEADLINE_S} s")
+
+
+def sumo_green(sim, tls_id, phase_index):
+    """The duration in SUMO's running program, read through TraCI (not through the twin)."""
+    sumo_index = sim.layout.signal(tls_id).phases[phase_index].sumo_index
+    program = libsumo.trafficlight.getProgram(tls_id)
+    logic = next(
+        lg for lg in libsumo.trafficlight.getAllProgramLogics(tls_id) if lg.programID == program
+    )
+    return logic.phases[sumo_index].duration
+
+
+def plan(database_url, schema, tls_id, phase_index):
+    return rows(
+        database_url,
+        schema,
+        "SELECT green_s FROM signal_phases WHERE intersection_id = %s AND phase_index = %s",
+        tls_id,
+        phase_index,
+    )[0][0]
+
+
+def trail(service, action_id):
+    return [(s["step"], s["actor"], s["status_after"]) for s in service.audit_trail(action_id)]
+
+
+def test_an_approved_change_reaches_sumo_and_a_rollback_restores_it_exactly(
+    sim, loop, service, people, database_url, pg_schema
+):
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert proposed.status == "proposed"
+    sent = service.approve(proposed.action_id, people["bob"])
+    assert sent.status == "sent"
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0  # nothing changed before the controller
+
+    applied = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert applied.status == "applied" and applied.applied_at is not None, applied.note
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0
+    assert sim.signal_state()[NEUSSER_WILHELM].phases[1].green_s == 6.0  # the other phase kept
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 60.0
+    assert trail(service, proposed.action_id) == [
+        ("propose", "alice", "proposed"),
+        ("approve", "bob", "approved"),
+        ("send", "bob", "sent"),
+        ("apply", "actuator:sumo", "applied"),
+    ]
+    confirmed = service.audit_trail(proposed.action_id)[-1]
+    assert confirmed["before"] == {"phase_index": 0, "green_s": 78.0}
+    assert confirmed["after"]["green_s"] == 60.0
+
+    rolling = service.rollback(proposed.action_id, people["alice"])
+    assert rolling.status == "applied" and "rollback to 78 s sent" in rolling.note
+    with pytest.raises(ActionConflict, match="already under way"):
+        service.rollback(proposed.action_id, people["bob"])
+    rolled = run_until(sim, loop, service, proposed.action_id, ("rolled_back",))
+    assert rolled.status == "rolled_back"
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
+    assert [step for step, *_ in trail(service, proposed.action_id)][-2:] == ["rollback", "apply"]
+    last = service.audit_trail(proposed.action_id)[-1]
+    assert (last["actor"], last["status_before"], last["status_after"]) == (
+        "actuator:sumo",
+        "applied",
+        "rolled_back",
+    )
+    assert last["before"]["green_s"] == 60.0 and last["after"]["green_s"] == 78.0
+    with pytest.raises(ActionConflict, match="only an applied signal timing change"):
+        service.rollback(proposed.action_id, people["bob"])
+
+
+def test_a_change_outside_the_controllers_limits_is_refused_by_it(
+    sim, loop, service, people, database_url, pg_schema
+):
+    # a database that somehow allows more than the controller: the controller's limits hold
+    with connect(database_url, pg_schema, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE signal_phases SET max_green_s = 60 WHERE intersection_id = %s"
+            " AND phase_index = 1",
+            (NEUSSER_WILHELM,),
+        )
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 1, 45), people["alice"])
+    assert proposed.status == "proposed", proposed.reason
+    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
+    failed = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert failed.status == "failed"
+    assert "outside [5, 20] s" in failed.note
+    assert sumo_green(sim, NEUSSER_WILHELM, 1) == 6.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 1) == 6.0
+    assert trail(service, proposed.action_id)[-1] == ("fail", "actuator:sumo", "failed")
+    with pytest.raises(ActionConflict):
+        service.rollback(proposed.action_id, people["alice"])
+
+
+def test_a_message_delivered_again_is_not_applied_twice(
+    sim, loop, service, actuator, people, database_url, pg_schema
+):
+    first = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    service.approve(first.action_id, people["bob"])
+    run_until(sim, loop, service, first.action_id, ("applied",))
+    second = service.propose(signal_draft(NEUSSER_WILHELM, 0, 70), people["bob"])
+    service.approve(second.action_id, people["alice"])
+    run_until(sim, loop, service, second.action_id, ("applied",))
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 70.0
+
+    # the first change once more, as after a restart before its offset was committed; and junk
+    actuator.send(ControlChange(first.action_id, NEUSSER_WILHELM, 0, 60.0))
+    actuator._producer.send(actuator.topic, key=b"x", value=b"not json").get(timeout=10)
+    deadline = time.monotonic() + DEADLINE_S
+    while (loop.stats.skipped, loop.stats.bad) != (1, 1) and time.monotonic() < deadline:
+        sim.step()
+        loop.poll()
+        time.sleep(0.01)
+    assert (loop.stats.skipped, loop.stats.bad) == (1, 1)
+    assert (loop.stats.applied, loop.stats.failed) == (2, 0)
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 70.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 70.0
+    assert [step for step, *_ in trail(service, first.action_id)].count("apply") == 1
+    # the earlier change no longer runs: rolling it back would not restore anything
+    with pytest.raises(ActionConflict, match="roll back the later change first"):
+        service.rollback(first.action_id, people["alice"])
+
+
+def test_cityos_actions_list_show_and_rollback(
+    sim, loop, service, control_settings, database_url, pg_schema, monkeypatch
+):
+    import typer
+    from typer.testing import CliRunner
+
+    from cityos.cli import actions as actions_cli
+    from cityos.settings import get_settings
+
+    tokens = Tokens(database_url, pg_schema)
+    alice, bob = tokens.new("operator", "alice"), tokens.new("operator", "bob")
+    viewer = tokens.new("viewer", "vic")
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 50), tokens.principals["alice"])
+    service.approve(proposed.action_id, tokens.principals["bob"])
+    run_until(sim, loop, service, proposed.action_id, ("applied",))
+
+    app = typer.Typer()
+    actions_cli.register(app)
+    env = {
+        "KAFKA_BOOTSTRAP": control_settings.kafka_bootstrap,
+        "DATABASE_URL": database_url,
+        "DATABASE_SCHEMA": pg_schema,
+        "TOPIC_PREFIX": control_settings.topic_prefix,
+        "STATE_DIR": str(control_settings.state_dir),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv("CITYOS_" + name, value)
+    monkeypatch.delenv("CITYOS_TOKEN", raising=False)
+    monkeypatch.setattr(actions_cli.console, "width", 400)  # one line per row
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        listed = runner.invoke(app, ["actions", "list", "--status", "applied"])
+        assert listed.exit_code == 0, listed.output
+        assert proposed.action_id in listed.output
+        refused = runner.invoke(app, ["actions", "rollback", proposed.action_id, "--token", viewer])
+        assert refused.exit_code == 2 and "only an operator may roll back" in refused.output
+        assert runner.invoke(app, ["actions", "rollback", proposed.action_id]).exit_code == 2
+        rolled = runner.invoke(app, ["actions", "rollback", proposed.action_id, "--token", alice])
+        assert rolled.exit_code == 0, rolled.output
+        assert "rollback to 78 s sent" in rolled.output
+        run_until(sim, loop, service, proposed.action_id, ("rolled_back",))
+        shown = runner.invoke(app, ["actions", "show", proposed.action_id])
+        assert shown.exit_code == 0, shown.output
+        for text in ("rolled_back", "propose", "send", "rollback", "actuator:sumo"):
+            assert text in shown.output
+        missing = runner.invoke(app, ["actions", "show", "act_000000000000"])
+        assert missing.exit_code == 2 and "no action" in missing.output
+    finally:
+        get_settings.cache_clear()
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
+    assert bob  # the second operator makes four eyes apply
