@@ -227,7 +227,7 @@ class ControlLoop:
 
     def poll(self) -> int:
         """Handle the messages waiting now; returns how many were handled."""
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         assert self._consumer is not None
         handled = 0
@@ -253,7 +253,10 @@ class ControlLoop:
                         TopicPartition(message.topic(), message.partition(), message.offset())
                     )
                     break
-            self._consumer.commit(message=message, asynchronous=False)
+            try:
+                self._consumer.commit(message=message, asynchronous=False)
+            except KafkaException as err:  # the database holds what was done: a replay is skipped
+                log.warning("%s handled, offset not committed: %s", where, err)
             handled += 1
         return handled
 
@@ -411,5 +414,35 @@ def control_consumer(bootstrap: str, topic: str, group_prefix: str = "") -> Any:
     if not partitions or metadata.topics[topic].error is not None:
         consumer.close()
         raise ControlError(f"the control topic {topic} does not exist (`cityos up` creates it)")
-    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    consumer.assign(
+        _start_offsets(consumer, [TopicPartition(topic, p) for p in sorted(partitions)])
+    )
     return consumer
+
+
+def _start_offsets(consumer: Any, partitions: list[Any], wait_s: float = 30.0) -> list[Any]:
+    """Where to start reading: the group's committed offsets, else the beginning.
+
+    Asked explicitly (with retries) rather than left to the assignment: a fresh broker may need a
+    while to elect the group coordinator, and a failed implicit fetch would leave the partitions
+    unread. Starting at the beginning is safe: a change already recorded is skipped.
+    """
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+            break
+        except KafkaException as err:
+            if time.monotonic() > deadline:
+                log.warning("control topic: no committed offsets (%s); reading from the start", err)
+                committed = partitions
+                break
+            time.sleep(1.0)
+    for tp in committed:
+        if tp.offset < 0:  # nothing committed yet (or unknown): from the beginning
+            tp.offset = OFFSET_BEGINNING
+    return list(committed)

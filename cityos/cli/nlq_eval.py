@@ -269,10 +269,11 @@ def running_service(
                 child.wait()
 
 
-def _cityos_token(args: list[str], database_url: str) -> str:
+def _cityos_token(args: list[str], database_url: str, kafka_bootstrap: str | None = None) -> str:
+    extra = {"kafka_bootstrap": kafka_bootstrap} if kafka_bootstrap else {}
     done = subprocess.run(  # noqa: S603 - our own entry point
         [*cityos_command(), "token", *args],
-        env=service_env(database_url),
+        env=service_env(database_url, **extra),
         capture_output=True,
         text=True,
         check=False,
@@ -284,17 +285,19 @@ def _cityos_token(args: list[str], database_url: str) -> str:
 
 
 @contextlib.contextmanager
-def service_token(database_url: str, role: str, purpose: str) -> Iterator[str]:
+def service_token(
+    database_url: str, role: str, purpose: str, kafka_bootstrap: str | None = None
+) -> Iterator[str]:
     """A fresh token from `cityos token create` (a name of its own), revoked afterwards."""
     name = f"{purpose}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
-    token = _cityos_token(["create", "--role", role, "--name", name], database_url)
+    token = _cityos_token(["create", "--role", role, "--name", name], database_url, kafka_bootstrap)
     if not token or len(token.split()) != 1:
         raise EvalError(f"cityos token create printed no token: {token[:80]!r}")
     try:
         yield token
     finally:
         with contextlib.suppress(EvalError, subprocess.TimeoutExpired):
-            _cityos_token(["revoke", name], database_url)
+            _cityos_token(["revoke", name], database_url, kafka_bootstrap)
 
 
 def ensure_model(settings: Settings, say: Progress) -> Path | None:

@@ -34,7 +34,7 @@ def api(nlq_database_url: str, kafka_bootstrap: str) -> Iterator[tuple[str, str]
         running_service(
             nlq_database_url, log_path, log.info, kafka_bootstrap=kafka_bootstrap
         ) as url,
-        service_token(nlq_database_url, "operator", "test-eval") as token,
+        service_token(nlq_database_url, "operator", "test-eval", kafka_bootstrap) as token,
     ):
         yield url, token
 
