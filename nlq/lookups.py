@@ -124,41 +124,36 @@ def points_in(catalog: Catalog, place: Place, entity: str, group: str, counting:
     return Lookup(q.order_by(cols[0].copy()), what)
 
 
+POINT_TABLES = {
+    "sensor": ("sensors", "s", "sensor_id"),
+    "intersection": ("intersections", "i", "intersection_id"),
+}
+
+
+def _point_location(place: Place) -> Lookup:
+    """A sensor or intersection: its name, the zone it lies in, its coordinates."""
+    table, alias, key = POINT_TABLES[place.kind]
+    q = (
+        exp.select(
+            _col(alias, "name"),
+            exp.alias_(_col("z", "name"), "zone"),
+            _col(alias, "latitude"),
+            _col(alias, "longitude"),
+        )
+        .from_(exp.to_table(table).as_(alias))
+        .join(
+            exp.to_table("zones").as_("z"),
+            on=exp.EQ(this=_col("z", "zone_id"), expression=_col(alias, "zone_id")),
+            join_type="left",
+        )
+        .where(_eq(_col(alias, key), place.id))
+    )
+    return Lookup(q, f"where {place.name} is")
+
+
 def where_is(place: Place) -> Lookup:
-    if place.kind == "sensor":
-        q = (
-            exp.select(
-                _col("s", "name"),
-                exp.alias_(_col("z", "name"), "zone"),
-                _col("s", "latitude"),
-                _col("s", "longitude"),
-            )  # fmt: skip
-            .from_(exp.to_table("sensors").as_("s"))
-            .join(
-                exp.to_table("zones").as_("z"),
-                on=exp.EQ(this=_col("z", "zone_id"), expression=_col("s", "zone_id")),
-                join_type="left",
-            )
-            .where(_eq(_col("s", "sensor_id"), place.id))
-        )
-        return Lookup(q, f"where {place.name} is")
-    if place.kind == "intersection":
-        q = (
-            exp.select(
-                _col("i", "name"),
-                exp.alias_(_col("z", "name"), "zone"),
-                _col("i", "latitude"),
-                _col("i", "longitude"),
-            )  # fmt: skip
-            .from_(exp.to_table("intersections").as_("i"))
-            .join(
-                exp.to_table("zones").as_("z"),
-                on=exp.EQ(this=_col("z", "zone_id"), expression=_col("i", "zone_id")),
-                join_type="left",
-            )
-            .where(_eq(_col("i", "intersection_id"), place.id))
-        )
-        return Lookup(q, f"where {place.name} is")
+    if place.kind in POINT_TABLES:
+        return _point_location(place)
     q = (
         exp.select(
             _col("z", "name"),

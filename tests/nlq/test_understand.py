@@ -205,3 +205,12 @@ def test_the_question_decides_which_nippes(interpreter: Interpreter, nlq_databas
     assert got.lookup is not None
     (count,) = rows(nlq_database_url, got.lookup.query.sql(dialect="spark"))[0]
     assert count > 1
+
+
+def test_where_is_a_station(interpreter: Interpreter, nlq_database_url: str) -> None:
+    q = "Where is the Dongsi station?"
+    got = interpreter.interpret(q, pred(q, "gazetteer", ("PLACE", "Dongsi")), AS_OF)
+    assert got.lookup is not None
+    [(name, zone, lat, lon)] = rows(nlq_database_url, got.lookup.query.sql(dialect="spark"))
+    assert (name, zone) == ("Dongsi", "Dongcheng")
+    assert 39 < lat < 41 and 116 < lon < 117
