@@ -128,8 +128,13 @@ def streaming(
         logging.getLogger("kafka").setLevel(logging.WARNING)
     params = Params.quick() if quick else Params()
     result = run_benchmark(params, keep=keep, on_phase=lambda step: console.log(f"bench: {step}"))
+    publish(console, results_table(result), result, report)
+
+
+def publish(console: Console, table: Any, result: dict[str, Any], report: Path) -> None:
+    """Print a benchmark's table, write its JSON report; exit 1 when a phase failed."""
     wide = console if console.is_terminal else Console(width=140)  # a log file: no wrapping
-    wide.print(results_table(result))
+    wide.print(table)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2, default=str) + "\n")
     console.print(f"report written to {report}")

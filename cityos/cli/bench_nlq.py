@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityos.cli.bench import publish
 from cityos.cli.nlq_eval import (
     DEFAULT_DATABASE,
     DEV_QUESTIONS,
@@ -359,17 +360,9 @@ def nlq_command(
     except EvalError as err:  # no stack, no fixture: nothing to measure
         console.print(f"[red]cityos bench nlq: {err}[/red]")
         raise typer.Exit(2) from err
-    wide = console if console.is_terminal else Console(width=140)  # a log file: no wrapping
-    wide.print(results_table(result))
     if result["accuracy"] is None:
         console.print(f"no evaluation report at {eval_report}: run `make eval-nlq` for accuracy")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    console.print(f"report written to {report}")
-    for phase, error in result["errors"].items():
-        console.print(f"[red]phase {phase} failed: {error}[/red]")
-    if result["errors"]:
-        raise typer.Exit(1)
+    publish(console, results_table(result), result, report)
 
 
 def register(bench_app: typer.Typer) -> None:
