@@ -412,8 +412,6 @@ class Interpreter:
         metric = self._metric(s)
         places, scope, _, when, tz = self._window_base(s, as_of, metric)
         order = _order(s.text("ORDER") or "highest", metric)
-        if when is not None and when.kind is RangeKind.LATEST:
-            when = None if False else when
         plan = QueryPlan(metric, scope, when, tz, Aggregation.VALUE, (), order, _limit(s, 1))
         return Understood("top_reading", plan=plan, places=places, time=when, timezone=tz)
 
