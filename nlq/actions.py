@@ -35,6 +35,7 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
+from cityos.alerting.engine import record_change
 from cityos.nlq.audit import iso_utc, storable
 from cityos.nlq.auth import Principal
 from cityos.nlq.errors import NLQError
@@ -665,7 +666,10 @@ class ActionService:
                     action.target["zone_id"],
                 ),
             )
-            return None if row is None else Applied(before={}, after=_alert_state(row))
+            if row is None:
+                return None
+            record_change(conn.cursor(), alert_id, "firing", now)  # for the alerts topic
+            return Applied(before={}, after=_alert_state(row))
         rule = ALERT_OPERATIONS[operation]
         before = _one(
             conn,
@@ -683,6 +687,7 @@ class ActionService:
             (rule.status_after, now, resolved_at, action.target["alert_id"]),
         )
         assert after is not None
+        record_change(conn.cursor(), after["alert_id"], rule.status_after, now)
         return Applied(before=_alert_state(before), after=_alert_state(after))
 
     def _actuate(

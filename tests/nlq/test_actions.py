@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cityos.alerting.events import AlertEvent
 from cityos.db import connect
 from cityos.nlq.actions import (
     Action,
@@ -246,6 +247,12 @@ def test_an_approved_acknowledge_is_applied_to_the_alerts_table(
     assert approved.status == "applied" and approved.decided_by == "bob"
     assert approved.applied_at == clock.now
     assert alert_row(database_url, pg_schema, "AL-0004") == ("acknowledged", clock.now, None)
+    with connect(database_url, pg_schema) as conn:  # queued for the alerts topic
+        (payload,) = conn.execute(
+            "SELECT payload FROM alert_outbox WHERE alert_id = 'AL-0004'"
+        ).fetchone()
+    event = AlertEvent.from_json(bytes(payload))
+    assert (event.type, event.alert.status, event.at) == ("acknowledged", "acknowledged", clock.now)
 
     steps = service.audit_trail(action.action_id)
     assert [(s["step"], s["actor"], s["status_before"], s["status_after"]) for s in steps] == [
