@@ -112,6 +112,35 @@ class Settings(BaseSettings):
     nlq_whatif_minutes: float = Field(default=30.0, ge=0, le=240)  # per proposal; 0: no what-if
     nlq_model_dir: Path | None = None  # a trained model folder; None: the one for this code
 
+    # anomaly scoring and alerting (streaming/jobs/score.py, cityos/alerting, anomaly/)
+    score_windows: bool = True  # the streaming job scores closed windows and raises alerts
+    alert_rules_file: Path | None = None  # None: the packaged cityos/alerting/rules.toml
+    forecast_minutes: int = Field(default=60, ge=5, le=360)  # predictive alerts look this far
+    detector_checkpoint_s: float = Field(default=60.0, gt=0)  # detector states saved this often
+    model_dir: Path | None = None  # registered model versions; None means <state_dir>/models
+
+    # alert notifier (cityos/alerting/notify.py, `cityos alerts notify`)
+    notify_webhooks: list[str] = []  # URLs POSTed each event's JSON; env: a JSON list
+    notify_webhook_secret: SecretStr | None = None  # HMAC-SHA256 key of X-CityOS-Signature
+    notify_smtp_host: str | None = None  # the relay; None: no e-mail
+    notify_smtp_port: int = Field(default=587, ge=1, le=65535)
+    notify_smtp_security: Literal["starttls", "ssl", "none"] = "starttls"  # ssl: port 465
+    notify_smtp_user: str | None = None  # log in when set
+    notify_smtp_password: SecretStr | None = None
+    notify_smtp_ca_file: Path | None = None  # a private CA for the relay; None: the system's
+    notify_email_from: str | None = None  # required with a relay
+    notify_email_to: list[str] = []  # one e-mail per recipient and event; env: a JSON list
+    notify_events: list[Literal["firing", "updated", "acknowledged", "resolved"]] = [
+        "firing",
+        "resolved",
+    ]
+    notify_max_attempts: int = Field(default=5, ge=1)  # per event and destination
+    notify_backoff_s: float = Field(default=1.0, ge=0)  # first retry wait, doubling (+ jitter)
+    notify_backoff_max_s: float = Field(default=30.0, ge=0)
+    notify_max_elapsed_s: float = Field(default=120.0, ge=0)  # retries of one delivery end then
+    notify_timeout_s: float = Field(default=10.0, gt=0)  # one HTTP request / SMTP session
+    notify_max_event_age_s: float | None = Field(default=None, gt=0)  # older `at`: 'skipped'
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_port(cls, value: str) -> str:
@@ -132,6 +161,8 @@ class Settings(BaseSettings):
     def _default_lake_dir(self) -> Settings:
         if self.lake_dir is None:
             self.lake_dir = self.state_dir / "lake"
+        if self.model_dir is None:
+            self.model_dir = self.state_dir / "models"
         return self
 
     @property

@@ -8,6 +8,7 @@ import typer
 
 from cityos.cli import (
     actions,
+    alerts,
     bench,
     bench_control,
     bench_nlq,
@@ -38,6 +39,7 @@ bench_nlq.register(bench.app)
 bench_control.register(bench.app)
 bench_whatif.register(bench.app)
 actions.register(app)  # cityos actions list|show|rollback
+alerts.register(app)  # cityos alerts notify|deliveries
 nlq.register(app)  # cityos token …, cityos nlq …, cityos ask
 nlq_train.register(nlq.nlq_app)
 nlq_eval.register(nlq.nlq_app)

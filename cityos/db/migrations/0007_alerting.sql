@@ -64,12 +64,15 @@ CREATE TABLE forecasts (
   PRIMARY KEY (sensor_id, metric, target_start)
 );
 
--- Each sensor's online detector state per metric, saved with the scores of the same windows.
+-- Each sensor's online detector state per metric: a checkpoint, saved every so often (not per
+-- window: a state is tens of kB). After a restart the job loads it and replays the windows from
+-- scored_until to the sensor's scoring_progress into it, without scoring them again.
 CREATE TABLE detector_state (
   sensor_id     text        NOT NULL,
   metric        text        NOT NULL,
   model_version text        NOT NULL,
   state         bytea       NOT NULL,
+  scored_until  timestamptz NOT NULL,             -- window_end of the newest window it has seen
   updated_at    timestamptz NOT NULL,
   PRIMARY KEY (sensor_id, metric)
 );

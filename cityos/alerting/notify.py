@@ -1,0 +1,481 @@
+"""The notifier: alert events from the Kafka ``alerts`` topic to webhooks and e-mail.
+
+For each message of the topic (its own consumer group, offsets committed by hand):
+
+1. an event whose type is not in ``NotifierConfig.events`` (by default ``firing`` and
+   ``resolved``) or that is not an event at all (logged as ``topic[partition] offset=N``) is
+   passed over;
+2. the destinations that already have this ``event_id`` as ``delivered`` in ``alert_deliveries``
+   are left out, so a replay after a restart never sends twice what arrived;
+3. every other destination gets the event in its own thread, retried with exponential back-off
+   and jitter until it arrives, fails for good (HTTP 4xx, SMTP 5xx), has had
+   ``retry.max_attempts`` attempts or ``retry.max_elapsed_s`` would pass; a slow or dead
+   destination holds up no other;
+4. each outcome is upserted into ``alert_deliveries`` as soon as it is known (a ``delivered`` row
+   is never overwritten), and the offset is committed only once all of them are there.
+
+A destination whose last delivery failed gets one attempt per event until it answers again, so an
+outage does not slow the stream down by the whole retry budget for every event. When
+``max_event_age_s`` is set, an event whose ``at`` (the time of the observation that caused the
+transition) is older than that when read is recorded as ``skipped`` rather than sent late; off by
+default, since replayed historical data carries old times.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+from pydantic import SecretStr
+
+from cityos.alerting.destinations import (
+    DeliveryError,
+    Destination,
+    EmailDestination,
+    NotifyError,
+    SmtpConfig,
+    WebhookDestination,
+)
+from cityos.alerting.events import EVENT_TYPES, AlertEvent
+from cityos.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "cityos-notifier"
+DEFAULT_EVENTS = ("firing", "resolved")
+Status = Literal["delivered", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one delivery keeps trying: attempts, back-off and a bound on the total time.
+
+    After the n-th failed attempt it waits ``min(backoff_max_s, backoff_s * 2**(n-1))``, of which
+    the upper half is random (jitter, so many notifiers do not retry in step), or what the
+    receiver asked for with Retry-After when that is longer (never above ``backoff_max_s``).
+    It gives up when the next wait would end past ``max_elapsed_s`` since the first attempt, so a
+    delivery takes at most ``max_elapsed_s`` plus one attempt's timeout.
+    """
+
+    max_attempts: int = 5
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    max_elapsed_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.backoff_s < 0 or self.max_elapsed_s < 0:
+            raise ValueError(f"invalid retry policy {self}")
+
+    def delay(self, failures: int, rng: random.Random, asked_s: float | None = None) -> float:
+        cap = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
+        wait = cap / 2 + rng.uniform(0, cap / 2)
+        if asked_s is not None:
+            wait = max(wait, min(asked_s, self.backoff_max_s))
+        return wait
+
+
+ONE_ATTEMPT = RetryPolicy(max_attempts=1, max_elapsed_s=0)
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    """Where alert events go and how hard the notifier tries."""
+
+    webhooks: tuple[str, ...] = ()
+    webhook_secret: SecretStr | None = None  # signs every webhook body (X-CityOS-Signature)
+    smtp: SmtpConfig | None = None
+    email_to: tuple[str, ...] = ()
+    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_s: float = 10.0  # one attempt (HTTP request, SMTP session)
+    max_event_age_s: float | None = None  # older events are 'skipped'; None: send any
+    group_id: str = CONSUMER_GROUP
+
+    def __post_init__(self) -> None:
+        unknown = set(self.events) - set(EVENT_TYPES)
+        if unknown:
+            raise ConfigError(
+                "CITYOS_NOTIFY_EVENTS",
+                f"unknown event types {sorted(unknown)}; expected some of {list(EVENT_TYPES)}",
+            )
+        if self.email_to and self.smtp is None:
+            raise ConfigError("CITYOS_NOTIFY_SMTP_HOST", "e-mail recipients are set but no relay")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> NotifierConfig:
+        """From the ``notify_*`` fields of :class:`cityos.settings.Settings`."""
+        smtp = None
+        if settings.notify_smtp_host:
+            if not settings.notify_email_from:
+                raise ConfigError("CITYOS_NOTIFY_EMAIL_FROM", "required with an SMTP relay")
+            smtp = SmtpConfig(
+                host=settings.notify_smtp_host,
+                port=settings.notify_smtp_port,
+                sender=settings.notify_email_from,
+                security=settings.notify_smtp_security,
+                user=settings.notify_smtp_user,
+                password=settings.notify_smtp_password,
+                ca_file=settings.notify_smtp_ca_file,
+            )
+        return cls(
+            webhooks=tuple(settings.notify_webhooks),
+            webhook_secret=settings.notify_webhook_secret,
+            smtp=smtp,
+            email_to=tuple(settings.notify_email_to),
+            events=frozenset(settings.notify_events),
+            retry=RetryPolicy(
+                max_attempts=settings.notify_max_attempts,
+                backoff_s=settings.notify_backoff_s,
+                backoff_max_s=settings.notify_backoff_max_s,
+                max_elapsed_s=settings.notify_max_elapsed_s,
+            ),
+            timeout_s=settings.notify_timeout_s,
+            max_event_age_s=settings.notify_max_event_age_s,
+        )
+
+    def destinations(self) -> list[Destination]:
+        found: list[Destination] = [
+            WebhookDestination(url, secret=self.webhook_secret, timeout_s=self.timeout_s)
+            for url in self.webhooks
+        ]
+        if self.smtp is not None:
+            found += [
+                EmailDestination(self.smtp, to, timeout_s=self.timeout_s) for to in self.email_to
+            ]
+        names = [d.name for d in found]
+        if len(set(names)) != len(names):
+            raise ConfigError("CITYOS_NOTIFY_*", f"a destination is listed twice: {names}")
+        return found
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome of sending one event to one destination (a row of ``alert_deliveries``)."""
+
+    event_id: str
+    destination: str
+    status: Status
+    attempts: int
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
+class Stopped(NotifyError):
+    """The notifier was asked to stop while a delivery waited to retry."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def deliver(
+    destination: Destination,
+    event: AlertEvent,
+    policy: RetryPolicy,
+    *,
+    rng: random.Random | None = None,
+    stop: threading.Event | None = None,
+    clock: Callable[[], datetime] = _now,
+) -> Delivery:
+    """Send ``event`` to ``destination``, retrying by ``policy``; raises Stopped if told to."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    stop = stop or threading.Event()
+    started, first_at = time.monotonic(), clock()
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            destination.send(event)
+        except DeliveryError as err:
+            error = err
+        else:
+            now = clock()
+            return Delivery(
+                event.event_id, destination.name, "delivered", attempts, first_at, now, None, now
+            )
+        reason = error.reason
+        if not error.retryable:
+            break
+        if attempts >= policy.max_attempts:
+            reason += f" (gave up after {attempts} attempt{'s' * (attempts > 1)})"
+            break
+        wait = policy.delay(attempts, rng, error.retry_after_s)
+        if time.monotonic() - started + wait > policy.max_elapsed_s:
+            reason += f" (gave up after {attempts} attempts within {policy.max_elapsed_s:g} s)"
+            break
+        log.info("%s: %s, attempt %d, next in %.1f s", destination.name, reason, attempts, wait)
+        if stop.wait(wait):
+            raise Stopped(f"stopped while retrying {destination.name}")
+    log.warning("%s: event %s not delivered: %s", destination.name, event.event_id, reason)
+    return Delivery(event.event_id, destination.name, "failed", attempts, first_at, clock(), reason)
+
+
+Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
+
+
+class DeliveryLedger:
+    """``alert_deliveries``: what was delivered where, so nothing is sent twice."""
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+
+    def delivered(self, event_id: str) -> set[str]:
+        """The destinations that have this event."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT destination FROM alert_deliveries"
+                " WHERE event_id = %s AND status = 'delivered'",
+                (event_id,),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def record(self, delivery: Delivery, event: AlertEvent) -> None:
+        """Upsert one outcome; attempts add up over replays and a delivered row stays as it is."""
+        with self._connect() as conn:
+            conn.execute(
+                """
+                INSERT INTO alert_deliveries AS d (event_id, destination, alert_id, event_type,
+                  status, attempts, last_error, first_attempt_at, last_attempt_at, delivered_at,
+                  event)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (event_id, destination) DO UPDATE SET
+                  status = EXCLUDED.status,
+                  attempts = d.attempts + EXCLUDED.attempts,
+                  last_error = EXCLUDED.last_error,
+                  last_attempt_at = EXCLUDED.last_attempt_at,
+                  delivered_at = EXCLUDED.delivered_at
+                WHERE d.status <> 'delivered'
+                """,
+                (
+                    delivery.event_id,
+                    delivery.destination,
+                    event.alert.alert_id,
+                    event.type,
+                    delivery.status,
+                    delivery.attempts,
+                    delivery.last_error,
+                    delivery.first_attempt_at,
+                    delivery.last_attempt_at,
+                    delivery.delivered_at,
+                    Jsonb(orjson.loads(event.to_json())),
+                ),
+            )
+
+
+@dataclass
+class NotifyStats:
+    delivered: int = 0
+    failed: int = 0
+    skipped: int = 0  # too old to send
+    duplicates: int = 0  # (event, destination) pairs already delivered
+    ignored: int = 0  # event types not notified
+    bad: int = 0  # messages that are not alert events
+
+
+class Notifier:
+    """Delivers the alerts topic's events to the configured destinations (see the module doc).
+
+    ``poll()`` handles at most one message; ``run()`` polls until ``stop()``.
+    """
+
+    def __init__(
+        self,
+        config: NotifierConfig,
+        ledger: DeliveryLedger,
+        consumer: Any = None,
+        *,
+        destinations: Iterable[Destination] | None = None,
+        clock: Callable[[], datetime] = _now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.destinations = list(config.destinations() if destinations is None else destinations)
+        self._consumer = consumer  # confluent_kafka.Consumer, subscribed, no auto commit
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._stop = threading.Event()
+        self._failing: set[str] = set()  # destinations whose last delivery failed
+        self.stats = NotifyStats()
+
+    @classmethod
+    def from_settings(cls, settings: Any, config: NotifierConfig | None = None) -> Notifier:
+        """Consumer on ``Topics(settings.topic_prefix).alerts``; database of the settings."""
+        from cityos.db import connect
+        from cityos.topics import Topics
+
+        config = config or NotifierConfig.from_settings(settings)
+        destinations = config.destinations()  # a bad one fails before Kafka is asked
+        url, schema = settings.database_url.get_secret_value(), settings.database_schema
+        consumer = alerts_consumer(
+            settings.kafka_bootstrap,
+            Topics(settings.topic_prefix).alerts,
+            settings.topic_prefix + config.group_id,
+            max_poll_interval_s=config.retry.max_elapsed_s + 2 * config.timeout_s,
+        )
+        ledger = DeliveryLedger(lambda: connect(url, schema))
+        return cls(config, ledger, consumer, destinations=destinations)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return; a delivery waiting to retry gives up its event (unrecorded,
+        uncommitted: it is read again at the next start)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        for destination in self.destinations:
+            destination.close()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def _policy(self, destination: Destination) -> RetryPolicy:
+        return ONE_ATTEMPT if destination.name in self._failing else self.config.retry
+
+    def _note(self, delivery: Delivery) -> None:
+        name = delivery.destination
+        if delivery.status == "delivered":
+            self.stats.delivered += 1
+            if name in self._failing:
+                log.info("%s answers again", name)
+                self._failing.discard(name)
+        elif delivery.status == "failed":
+            self.stats.failed += 1
+            if name not in self._failing:
+                log.warning("%s is failing: one attempt per event until it answers", name)
+                self._failing.add(name)
+        else:
+            self.stats.skipped += 1
+
+    def handle(self, event: AlertEvent) -> list[Delivery]:
+        """Deliver one event where it has not arrived yet; the outcomes, each recorded."""
+        if event.type not in self.config.events:
+            self.stats.ignored += 1
+            return []
+        done = self.ledger.delivered(event.event_id)
+        pending = [d for d in self.destinations if d.name not in done]
+        self.stats.duplicates += len(self.destinations) - len(pending)
+        if not pending:
+            return []
+        age_s = (self._clock() - event.at).total_seconds()
+        max_age = self.config.max_event_age_s
+        if max_age is not None and age_s > max_age:
+            now = self._clock()
+            reason = f"the event was {age_s / 3600:.1f} h old when read (max {max_age:g} s)"
+            log.warning("event %s not sent: %s", event.event_id, reason)
+            skipped = [
+                Delivery(event.event_id, d.name, "skipped", 0, now, now, reason) for d in pending
+            ]
+            return [self._record(delivery, event) for delivery in skipped]
+        outcomes: list[Delivery] = []
+        with ThreadPoolExecutor(len(pending), thread_name_prefix="notify") as pool:
+            futures = [
+                pool.submit(deliver, d, event, self._policy(d), rng=self._rng, stop=self._stop)
+                for d in pending
+            ]
+            stopped = None
+            for future in as_completed(futures):
+                try:
+                    delivery = future.result()
+                except Stopped as err:  # the others still get recorded
+                    stopped = err
+                else:
+                    outcomes.append(self._record(delivery, event))
+        if stopped is not None:
+            raise stopped
+        return outcomes
+
+    def _record(self, delivery: Delivery, event: AlertEvent) -> Delivery:
+        self.ledger.record(delivery, event)
+        self._note(delivery)
+        return delivery
+
+    def poll(self, timeout_s: float = 1.0) -> int:
+        """Handle the next message, if one comes within ``timeout_s``; returns 1 or 0."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        assert self._consumer is not None
+        message = self._consumer.poll(timeout_s)
+        if message is None:
+            return 0
+        if message.error():
+            log.warning("alerts topic: %s", message.error())
+            return 0
+        where = f"{message.topic()}[{message.partition()}] offset={message.offset()}"
+        try:
+            event = AlertEvent.from_json(message.value() or b"")
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            log.error("%s skipped: not an alert event: %s", where, err)
+            self.stats.bad += 1
+        else:
+            again = TopicPartition(message.topic(), message.partition(), message.offset())
+            try:
+                self.handle(event)
+            except Stopped:
+                log.info("%s left for the next start: stopped while retrying", where)
+                self._consumer.seek(again)
+                return 0
+            except psycopg.OperationalError as err:
+                log.error("%s not done, read again later: %s", where, err)
+                self._consumer.seek(again)
+                self._stop.wait(1.0)  # the database is away: do not spin
+                return 0
+        try:
+            self._consumer.commit(message=message, asynchronous=False)
+        except KafkaException as err:  # the deliveries are recorded: a replay sends nothing twice
+            log.warning("%s done, offset not committed: %s", where, err)
+        return 1
+
+    def run(self, timeout_s: float = 1.0) -> NotifyStats:
+        """Poll until ``stop()``; the counts so far."""
+        log.info(
+            "notifying %s of %s events",
+            ", ".join(d.name for d in self.destinations) or "nobody",
+            "/".join(sorted(self.config.events)),
+        )
+        while not self._stop.is_set():
+            self.poll(timeout_s)
+        return self.stats
+
+
+def alerts_consumer(
+    bootstrap: str, topic: str, group_id: str, *, max_poll_interval_s: float = 300.0
+) -> Any:
+    """A confluent-kafka consumer of ``topic`` in ``group_id`` (several notifiers share the
+    partitions), from the group's committed offsets, else the earliest; no auto commit."""
+    from confluent_kafka import Consumer, KafkaException
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "client.id": "cityos-notifier",
+            # one event may take the whole retry budget between two polls
+            "max.poll.interval.ms": max(300_000, int(max_poll_interval_s * 1000) + 60_000),
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+    except KafkaException as err:
+        consumer.close()
+        raise NotifyError(f"cannot reach Kafka at {bootstrap}: {err}") from err
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        consumer.close()
+        raise NotifyError(f"the alerts topic {topic} does not exist (`cityos up` creates it)")
+    consumer.subscribe([topic])
+    return consumer
