@@ -15,6 +15,8 @@ const MAX_TABLE_ROWS = 500;
 const MAX_HISTORY = 30;
 const WHAT_IF_POLL_MS = 2000; // while a proposed signal change waits for its simulation
 const WHAT_IF_WAIT_MS = 120_000;
+const CONTROLLER_POLL_MS = 500; // while an approved change waits for the controller to confirm
+const CONTROLLER_WAIT_MS = 60_000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -371,6 +373,7 @@ function decisionControls(actionId, onStatus) {
         approve.disabled = false;
         reject.disabled = false;
       }
+      if (newStatus === 'sent') followToController(actionId, outcome, onStatus);
     } catch (error) {
       outcome.className = 'action-outcome error';
       outcome.textContent = error.message;
@@ -382,6 +385,37 @@ function decisionControls(actionId, onStatus) {
   approve.addEventListener('click', () => decide('approve'));
   reject.addEventListener('click', () => decide('reject'));
   return [el('div', { class: 'decision' }, approve, reject), outcome];
+}
+
+/** A change handed to the controller: poll until it confirms (applied) or fails. */
+function followToController(actionId, outcome, onStatus) {
+  const deadline = Date.now() + CONTROLLER_WAIT_MS;
+  const poll = async () => {
+    if (!outcome.isConnected) return; // a newer reply replaced the card
+    try {
+      const action = await api('GET', `/actions/${encodeURIComponent(actionId)}`);
+      if (action?.status && action.status !== 'sent') {
+        outcome.className = action.status === 'applied' ? 'action-outcome ok' : 'action-outcome error';
+        outcome.textContent = `Status: ${action.status}${action.note ? ` — ${action.note}` : ''}`;
+        onStatus(action.status);
+        return;
+      }
+    } catch (error) {
+      if ([401, 403, 404].includes(error.status)) {
+        outcome.className = 'action-outcome error';
+        outcome.textContent = error.message;
+        return;
+      }
+    }
+    if (Date.now() >= deadline) {
+      outcome.className = 'action-outcome error';
+      outcome.textContent = 'Sent to the controller, which has not confirmed it yet.';
+      return;
+    }
+    setTimeout(poll, CONTROLLER_POLL_MS);
+  };
+  outcome.textContent = 'Status: sent — waiting for the controller to confirm…';
+  setTimeout(poll, CONTROLLER_POLL_MS);
 }
 
 /** The twin's predicted effect: shown when the action has it, else fetched until it arrives. */

@@ -118,6 +118,15 @@ class Service:
     def _connect(self) -> psycopg.Connection:
         return connect(self.settings.database_url.get_secret_value(), self.settings.database_schema)
 
+    def green(self, intersection_id: str, phase_index: int) -> float:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT green_s FROM signal_phases WHERE intersection_id = %s AND phase_index = %s",
+                (intersection_id, phase_index),
+            ).fetchone()
+        assert row is not None
+        return row[0]
+
     def release(self, intersection_id: str) -> None:
         """Reject the pending changes of a signal (one at a time is allowed), e.g. a last run's."""
         headers = {"Authorization": f"Bearer {self.token('cleaner')}"}
@@ -151,16 +160,64 @@ def _serve(app: Any) -> tuple[Any, threading.Thread, str]:
 
 
 @pytest.fixture(scope="module")
-def service(nlq_settings: Settings, answerer: Answerer) -> Iterator[Service]:
+def controlled(nlq_settings: Settings, stack: Any) -> Iterator[Settings]:
+    """The cologne8 twin running in a thread, applying approved changes from a control topic of
+    this module's own to SUMO through TraCI and confirming them in the fixture database."""
+    from cityos.stack import delete_topics, ensure_topics
+    from cityos.streaming.control import ControlLoop, SumoController
+    from cityos.streaming.sources import twin
+    from cityos.topics import Topics
+
+    settings = nlq_settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}."})
+    control = Topics(settings.topic_prefix).control
+    ensure_topics(
+        settings.kafka_bootstrap, [control], partitions=1, retention_ms=stack.config.retention_ms
+    )
+    prepared = twin.prepare("cologne8", settings.data_dir)
+    ready, stop, failures = threading.Event(), threading.Event(), []
+
+    def run() -> None:
+        try:
+            with twin.Twin(prepared.scenario, prepared.layout, prepared.stations) as sim:
+                loop = ControlLoop.from_settings(SumoController(sim), settings)
+                ready.set()
+                try:
+                    while not stop.is_set():
+                        sim.step()
+                        loop.poll()
+                        time.sleep(0.02)
+                finally:
+                    loop.close()
+        except Exception as err:  # noqa: BLE001 - reported by the fixture, not lost in a thread
+            failures.append(err)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="twin-controller", daemon=True)
+    thread.start()
+    assert ready.wait(180) and not failures, f"the twin did not start: {failures}"
+    try:
+        yield settings
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        delete_topics(settings.kafka_bootstrap, [control])
+
+
+@pytest.fixture(scope="module")
+def service(controlled: Settings, answerer: Answerer) -> Iterator[Service]:
+    from cityos.nlq.actuator import KafkaActuator
     from cityos.nlq.service import create_app
 
-    server, thread, url = _serve(create_app(nlq_settings, answerer=answerer))
-    running = Service(url=url, settings=nlq_settings)
+    actuator = KafkaActuator.connect(controlled)
+    server, thread, url = _serve(create_app(controlled, answerer=answerer, actuator=actuator))
+    running = Service(url=url, settings=controlled)
     try:
         yield running
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        if actuator is not None:
+            actuator.close()
         running.revoke_tokens()  # the database is shared by the session's tests
 
 
@@ -391,7 +448,10 @@ def signal_free(service: Service) -> Iterator[str]:
     service.release(NEUSSER_WILHELM)
 
 
-def test_proposed_action_is_approved_by_a_second_operator(tab: Tab, signal_free: str) -> None:
+def test_proposed_action_is_approved_applied_in_the_twin_and_rolled_back(
+    tab: Tab, signal_free: str
+) -> None:
+    green_before = tab.service.green(signal_free, 0)
     page = tab.open(who="alice").page
     tab.ask(ACTION_QUESTION)
 
@@ -408,13 +468,29 @@ def test_proposed_action_is_approved_by_a_second_operator(tab: Tab, signal_free:
         tab.expect(
             what_if.locator(f'rect.bar[data-plan="{plan}"][data-area="network"]')
         ).not_to_have_count(0)
-    # four eyes: another operator approves, from the same console
+    # four eyes: another operator approves, from the same console; the twin's controller
+    # applies it through TraCI and confirms, and the card follows it to 'applied'
     tab.use_token(tab.service.token("bob"))
     card.get_by_role("button", name="Approve").click()
-    tab.expect(card.locator(".action-outcome")).to_contain_text(re.compile("approved|applied"))
-    tab.expect(card.locator(".status-badge")).to_have_text(re.compile("approved|applied"))
+    tab.expect(card.locator(".status-badge")).to_have_text("applied", timeout=90_000)
+    tab.expect(card.locator(".action-outcome")).to_contain_text("applied")
     tab.expect(card.get_by_role("button", name="Approve")).to_be_disabled()
     tab.assert_no_errors()
+    action_id = card.get_attribute("data-action-id")
+    assert tab.service.green(signal_free, 0) == 60  # signal_phases says what SUMO runs now
+
+    # the fixture database is shared: restore the plan exactly (rollback through the API)
+    headers = {"Authorization": f"Bearer {tab.service.token('bob')}"}
+    back = httpx.post(f"{tab.service.url}/api/v1/actions/{action_id}/rollback", headers=headers)
+    assert back.status_code == 200, back.text
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{tab.service.url}/api/v1/actions/{action_id}", headers=headers)
+        if status.json()["status"] == "rolled_back":
+            break
+        time.sleep(0.5)
+    assert status.json()["status"] == "rolled_back"
+    assert tab.service.green(signal_free, 0) == green_before
 
 
 def test_another_operator_decides_from_the_list_awaiting_approval(
