@@ -225,6 +225,40 @@ class ControlLoop:
             self._consumer.close()
             self._consumer = None
 
+    def restore(self) -> list[ConfirmedPlan]:
+        """Make the controller run the plan in force (``signal_phases``), e.g. after the twin
+        restarted from its scenario's original program while applied changes stand. Each phase
+        that differs is set and read back; returns what was changed."""
+        with self._connect() as conn:
+            plan = conn.execute(
+                "SELECT intersection_id, phase_index, green_s FROM signal_phases"
+                " ORDER BY intersection_id, phase_index"
+            ).fetchall()
+        restored = []
+        for intersection_id, phase_index, green_s in plan:
+            try:
+                running, _ = self.controller.green(intersection_id, phase_index)
+            except ControlRefused:
+                continue  # a signal of another city or network
+            if running != green_s:
+                change = ControlChange(
+                    action_id="restore",
+                    intersection_id=intersection_id,
+                    phase_index=phase_index,
+                    green_s=green_s,
+                    kind="apply",
+                )
+                restored.append(self.controller.apply(change))
+        for plan_ in restored:
+            log.info(
+                "restored the plan in force on %s phase %d: %g s (the program ran %g s)",
+                plan_.intersection_id,
+                plan_.phase_index,
+                plan_.green_after_s,
+                plan_.green_before_s,
+            )
+        return restored
+
     def poll(self) -> int:
         """Handle the messages waiting now; returns how many were handled."""
         from confluent_kafka import KafkaException, TopicPartition

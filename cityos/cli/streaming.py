@@ -76,13 +76,15 @@ def _connect(settings: Settings) -> Any:
 def twin_command(
     network: str = typer.Option(None, help="RESCO scenario name or folder [CITYOS_TWIN_NETWORK]"),
     duration: float = typer.Option(None, help="simulated seconds to run (default: until Ctrl-C)"),
-    speedup: float = typer.Option(None, help="simulated s per wall s; 'inf' = as fast as possible"
-                                  " [CITYOS_TWIN_SPEEDUP]"),
+    speedup: float = typer.Option(
+        None, help="simulated s per wall s; 'inf' = as fast as possible [CITYOS_TWIN_SPEEDUP]"
+    ),
     start: str = typer.Option(None, help="wall time of simulated t=0, ISO UTC [CITYOS_TWIN_START]"),
     demand_scale: float = typer.Option(1.0, min=0.0, help="multiple of the scenario's demand"),
     register: bool = typer.Option(True, help="upsert city, intersections, phases, sensors"),
-    control: bool = typer.Option(True, help="apply approved signal changes from the control"
-                                 " topic between simulation steps"),
+    control: bool = typer.Option(
+        True, help="apply approved signal changes from the control topic between simulation steps"
+    ),
 ) -> None:
     """Run the SUMO traffic twin and publish detector, air-quality and noise events."""
     from cityos.streaming.control import ControlLoop, SumoController
@@ -97,24 +99,50 @@ def twin_command(
             raise ConfigError("--register", f"no geo spec for city {prepared.layout.city_id!r}")
         with _connect(settings) as conn:
             register_twin(conn, prepared.city, prepared.layout, prepared.stations)
-    t0 = (_parse_time(start or settings.twin_start, "CITYOS_TWIN_START")
-          or twin.default_start(speed, duration))
-    with (_stop_on_sigint() as stop, _producer(settings) as producer,
-          twin.Twin(prepared.scenario, prepared.layout, prepared.stations,
-                    demand_scale=demand_scale, work_dir=settings.state_dir / "twin") as sim,
-          contextlib.ExitStack() as closing):
+    t0 = _parse_time(start or settings.twin_start, "CITYOS_TWIN_START") or twin.default_start(
+        speed, duration
+    )
+    with (
+        _stop_on_sigint() as stop,
+        _producer(settings) as producer,
+        twin.Twin(
+            prepared.scenario,
+            prepared.layout,
+            prepared.stations,
+            demand_scale=demand_scale,
+            work_dir=settings.state_dir / "twin",
+        ) as sim,
+        contextlib.ExitStack() as closing,
+    ):
         loop = None
         if control:
             loop = ControlLoop.from_settings(SumoController(sim), settings)
             closing.callback(loop.close)
-        stats = twin.run(sim, producer, Topics(settings.topic_prefix), start=t0, speedup=speed,
-                         duration_s=duration, stop=stop, control=loop.poll if loop else None)
+            for plan in loop.restore():  # applied changes outlive a restart of the twin
+                typer.echo(
+                    f"restored {plan.intersection_id} phase {plan.phase_index}: "
+                    f"{plan.green_after_s:g} s"
+                )
+        stats = twin.run(
+            sim,
+            producer,
+            Topics(settings.topic_prefix),
+            start=t0,
+            speedup=speed,
+            duration_s=duration,
+            stop=stop,
+            control=loop.poll if loop else None,
+        )
     if loop is not None:
         c = loop.stats
-        typer.echo(f"control: {c.applied} applied, {c.rolled_back} rolled back, {c.failed} "
-                   f"refused, {c.skipped} skipped")
-    typer.echo(f"simulated {stats.simulated_s:.0f} s: {stats.traffic_events} traffic and "
-               f"{stats.environment_events} environment events")
+        typer.echo(
+            f"control: {c.applied} applied, {c.rolled_back} rolled back, {c.failed} "
+            f"refused, {c.skipped} skipped"
+        )
+    typer.echo(
+        f"simulated {stats.simulated_s:.0f} s: {stats.traffic_events} traffic and "
+        f"{stats.environment_events} environment events"
+    )
 
 
 @app.command("replay")
@@ -139,23 +167,32 @@ def replay_command(
         with _connect(settings) as conn:
             write_city(conn, city)
             write_sensors(conn, city, source.sensors(settings.data_dir))
-    records, missing = source.records(settings.data_dir, _parse_time(since, "--from"),
-                                      _parse_time(until, "--to"))
+    records, missing = source.records(
+        settings.data_dir, _parse_time(since, "--from"), _parse_time(until, "--to")
+    )
     typer.echo(f"{dataset}: {len(records)} records ({missing} missing readings skipped)")
     with _stop_on_sigint() as stop, _producer(settings) as producer:
-        stats = replay.publish(records, producer, Topics(settings.topic_prefix),
-                               speed=speed if speed > 0 else math.inf, rebase=rebase,
-                               missing=missing, stop=stop)
-    typer.echo(f"sent {stats.sent} of {stats.records} records, event times "
-               f"{stats.first} .. {stats.last}")
+        stats = replay.publish(
+            records,
+            producer,
+            Topics(settings.topic_prefix),
+            speed=speed if speed > 0 else math.inf,
+            rebase=rebase,
+            missing=missing,
+            stop=stop,
+        )
+    typer.echo(
+        f"sent {stats.sent} of {stats.records} records, event times {stats.first} .. {stats.last}"
+    )
 
 
 @app.command("load")
 def load_command(
     rate: float = typer.Option(1000.0, min=1.0, help="target events per second"),
     duration: float = typer.Option(30.0, min=0.1, help="wall seconds"),
-    client: str = typer.Option("confluent", help="confluent | kafka-python (confluent: 10x the"
-                               " rate, measured)"),
+    client: str = typer.Option(
+        "confluent", help="confluent | kafka-python (confluent: 10x the rate, measured)"
+    ),
     malformed_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of bad events"),
     synthetic: int = typer.Option(0, min=0, help="use N made-up sensor ids instead of the DB's"),
     city: str = typer.Option(None, help="only the registered sensors of this city"),
@@ -171,13 +208,17 @@ def load_command(
         with _connect(settings) as conn:
             targets = loadgen.registered_targets(conn, city)
         if not targets:
-            raise ConfigError("--synthetic", "no registered sensors; register a source or "
-                              "pass --synthetic N")
+            raise ConfigError(
+                "--synthetic", "no registered sensors; register a source or pass --synthetic N"
+            )
     generator = loadgen.LoadGenerator(targets, malformed_share=malformed_share, seed=seed)
     with _stop_on_sigint() as stop, _producer(settings, client) as producer:
-        stats = generator.run(producer, Topics(settings.topic_prefix), rate=rate,
-                              duration_s=duration, stop=stop)
-    typer.echo(f"{client}: {stats.sent} events "
-               f"({stats.malformed} malformed) in "
-               f"{stats.duration_s:.1f} s = {stats.achieved_rate:.0f}/s "
-               f"(target {rate:g}/s); delivered {stats.delivered}, failed {stats.failed}")
+        stats = generator.run(
+            producer, Topics(settings.topic_prefix), rate=rate, duration_s=duration, stop=stop
+        )
+    typer.echo(
+        f"{client}: {stats.sent} events "
+        f"({stats.malformed} malformed) in "
+        f"{stats.duration_s:.1f} s = {stats.achieved_rate:.0f}/s "
+        f"(target {rate:g}/s); delivered {stats.delivered}, failed {stats.failed}"
+    )

@@ -78,7 +78,11 @@ def write_intersections(conn: psycopg.Connection[Any], city: CityGeo, layout: An
                 "INSERT INTO signal_phases (intersection_id, phase_index, description, green_s,"
                 " intergreen_s, min_green_s, max_green_s) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (intersection_id, phase_index) DO UPDATE SET"
-                " description = excluded.description, green_s = excluded.green_s,"
+                " description = excluded.description,"
+                # the plan in force survives a re-registration (applied changes stand) as long
+                # as it fits the phase's limits; the controller is then brought to it
+                " green_s = CASE WHEN signal_phases.green_s BETWEEN excluded.min_green_s"
+                " AND excluded.max_green_s THEN signal_phases.green_s ELSE excluded.green_s END,"
                 " intergreen_s = excluded.intergreen_s, min_green_s = excluded.min_green_s,"
                 " max_green_s = excluded.max_green_s",
                 [(s.tls_id, p.index, p.description, p.green_s, p.intergreen_s, p.min_green_s,

@@ -262,3 +262,33 @@ def test_cityos_actions_list_show_and_rollback(
         get_settings.cache_clear()
     assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
     assert bob  # the second operator makes four eyes apply
+
+
+def test_a_restarted_twin_runs_the_plan_in_force(
+    prepared, control_settings, service, people, database_url, pg_schema
+):
+    with twin.Twin(prepared.scenario, prepared.layout, prepared.stations) as sim:
+        loop = ControlLoop.from_settings(SumoController(sim), control_settings)
+        try:
+            proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+            service.approve(proposed.action_id, people["bob"])
+            applied = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+            assert applied.status == "applied", applied.note
+        finally:
+            loop.close()
+
+    # the twin restarts: it registers again and SUMO loads the scenario's own program
+    with connect(database_url, pg_schema, autocommit=True) as conn:
+        register_twin(conn, prepared.city, prepared.layout, prepared.stations)
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 60.0  # the change stands
+    with twin.Twin(prepared.scenario, prepared.layout, prepared.stations) as sim:
+        assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
+        loop = ControlLoop.from_settings(SumoController(sim), control_settings)
+        try:
+            restored = loop.restore()
+        finally:
+            loop.close()
+        assert [
+            (p.intersection_id, p.phase_index, p.green_before_s, p.green_after_s) for p in restored
+        ] == [(NEUSSER_WILHELM, 0, 78.0, 60.0)]
+        assert sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0
