@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -255,7 +256,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[f"CITYOS_{name.upper()}"] = str(value)
+        # complex fields (lists) are JSON in the environment, as pydantic-settings reads them
+        env[f"CITYOS_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
     return env
 
 
