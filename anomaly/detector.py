@@ -1,0 +1,507 @@
+"""The online per-series anomaly detector: one instance per sensor, fed one point at a time.
+
+``Detector.update(timestamp, value)`` sees each point once, in order, and returns an anomaly
+score in [0, 1] computed only from the past and the point itself. Three parts, combined:
+
+* **seasonal baseline** — a time-of-week profile (falling back to time-of-day, then to the whole
+  recent series while a bin is young) of the last values per bin; the residual against the bin's
+  median, in units of the bin's MAD, is a robust z-score;
+* **forecaster** — a small torch MLP that predicts the next value's mean and spread from the
+  last few values (relative to the seasonal median), the time of day and the gap since the
+  previous point, retrained every ``train_every`` points on the series' own recent past; the
+  prediction error in units of the predicted spread is a second z-score;
+* **anomaly likelihood** — as HTM's post-processing does: the short-term mean of the combined
+  surprise is compared with its long-run distribution, and the tail probability becomes the score
+  (on a log scale, so that thresholds near 1 spread out), then damped right after an alert so one
+  event gives one detection, not a run of them.
+
+Timestamps may be irregular, have gaps (the lag buffer is reset after a long gap) and repeat
+(a duplicate stamp is scored as another observation at the same time). The whole state is plain
+data (``state_dict``/``to_bytes``) so the streaming job can persist it per sensor and resume
+exactly. ``forecast(k)`` gives the next ``k`` steps with a prediction interval for predictive
+alerts. The defaults of :class:`DetectorConfig` are the settings used everywhere (NAB, Cologne,
+Beijing): nothing is tuned per series.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from cityos.errors import CityOSError
+
+STATE_VERSION = 1
+_WEEK_S = 7 * 86400
+_DAY_S = 86400
+_MAD_TO_SIGMA = 1.4826
+
+
+class DetectorError(CityOSError):
+    """A detector state cannot be restored (wrong version or configuration)."""
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every knob of the detector; the defaults are the settings used for every series."""
+
+    bin_minutes: int = 60  # width of a time-of-day / time-of-week bin
+    bin_memory: int = 48  # values kept per bin (the most recent ones)
+    min_bin_count: int = 5  # a bin younger than this falls back to the coarser profile
+    recent_memory: int = 512  # values kept for the whole-series fallback and scale floor
+    lags: int = 4  # forecaster inputs: the last values (relative to the seasonal median)
+    hidden: int = 16  # forecaster hidden units
+    train_every: int = 128  # retrain the forecaster every this many points
+    train_window: int = 2048  # on at most this many recent (inputs, target) pairs
+    train_steps: int = 60  # Adam steps per retraining, minibatches of `batch`
+    batch: int = 64
+    learning_rate: float = 0.01
+    warmup: int = 200  # points before the forecaster's error counts
+    gap_steps: float = 12.0  # a gap longer than this many typical steps resets the lags
+    short_window: int = 2  # anomaly likelihood: mean surprise over the last few points
+    long_window: int = 1000  # … against its distribution over this many points
+    refractory: int = 12  # points over which an alert damps the following scores
+    forecast_weight: float = 0.25  # share of the forecaster's surprise in the combined one
+    floor_every: int = 1  # refresh the series-wide scale floor every this many points
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The next steps of a series: timestamps, expected values and a prediction interval."""
+
+    timestamps: list[datetime]
+    mean: list[float]
+    lower: list[float]
+    upper: list[float]
+    level: float  # coverage of [lower, upper], e.g. 0.9
+
+
+def _median_mad(values: Any) -> tuple[float, float]:
+    """Median and median absolute deviation (as numpy's median computes them, without its
+    per-call overhead: this runs several times per point)."""
+    a = np.fromiter(values, dtype=float)
+    a.sort()
+    n = len(a)
+    med = float((a[(n - 1) // 2] + a[n // 2]) / 2)
+    d = np.abs(a - med)
+    d.sort()
+    return med, float((d[(n - 1) // 2] + d[n // 2]) / 2)
+
+
+def _surprise(z: float) -> float:
+    """-log10 of the two-sided Gaussian tail probability of ``z`` (0 for z = 0, ~6 at 5 sigma)."""
+    tail = math.erfc(abs(z) / math.sqrt(2.0))
+    return -math.log10(max(tail, 1e-300))
+
+
+def _gauss_tail(z: float) -> float:
+    """Upper tail probability of a standard normal."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def _as_utc(ts: datetime | float | int | str) -> float:
+    """A timestamp as POSIX seconds; naive datetimes are taken as UTC."""
+    if isinstance(ts, int | float):
+        return float(ts)
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    if hasattr(ts, "to_pydatetime"):
+        ts = ts.to_pydatetime()
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.timestamp()
+
+
+@dataclass
+class _Net:
+    """The forecaster's weights as numpy arrays: the forward pass runs in numpy (cheap per point),
+    training runs in torch."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+
+    @classmethod
+    def init(cls, inputs: int, hidden: int, seed: int) -> _Net:
+        rng = np.random.default_rng(seed)
+        bound1, bound2 = 1 / math.sqrt(inputs), 1 / math.sqrt(hidden)
+        return cls(
+            w1=rng.uniform(-bound1, bound1, (hidden, inputs)).astype(np.float32),
+            b1=np.zeros(hidden, dtype=np.float32),
+            w2=rng.uniform(-bound2, bound2, (2, hidden)).astype(np.float32),
+            b2=np.zeros(2, dtype=np.float32),
+        )
+
+    def forward(self, x: np.ndarray) -> tuple[float, float]:
+        h = np.tanh(self.w1 @ x + self.b1)
+        mu, log_sigma = self.w2 @ h + self.b2
+        return float(mu), float(log_sigma)
+
+    def train(self, x: np.ndarray, y: np.ndarray, config: DetectorConfig, seed: int) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny batches: more threads only contend (and cost 10x)
+        try:
+            self._train(torch, x, y, config, seed)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train(
+        self, torch: Any, x: np.ndarray, y: np.ndarray, config: DetectorConfig, seed: int
+    ) -> None:
+        params = [torch.tensor(a, requires_grad=True) for a in (self.w1, self.b1, self.w2, self.b2)]
+        w1, b1, w2, b2 = params
+        xt = torch.from_numpy(x.astype(np.float32))
+        yt = torch.from_numpy(y.astype(np.float32))
+        opt = torch.optim.Adam(params, lr=config.learning_rate)
+        rng = np.random.default_rng(seed)
+        for _ in range(config.train_steps):
+            idx = torch.from_numpy(rng.integers(0, len(x), min(config.batch, len(x))))
+            h = torch.tanh(xt[idx] @ w1.T + b1)
+            out = h @ w2.T + b2
+            mu, log_sigma = out[:, 0], out[:, 1].clamp(-5.0, 5.0)
+            loss = (log_sigma + 0.5 * ((yt[idx] - mu) / log_sigma.exp()) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.w1, self.b1, self.w2, self.b2 = (p.detach().numpy().copy() for p in params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _encode(getattr(self, k)) for k in ("w1", "b1", "w2", "b2")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> _Net:
+        return cls(**{k: _decode(v) for k, v in d.items()})
+
+
+def _encode(a: np.ndarray) -> dict[str, Any]:
+    return {
+        "dtype": str(a.dtype),
+        "shape": list(a.shape),
+        "data": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode(),
+    }
+
+
+def _decode(d: dict[str, Any]) -> np.ndarray:
+    raw = base64.b64decode(d["data"])
+    return np.frombuffer(raw, dtype=d["dtype"]).reshape(d["shape"]).copy()
+
+
+@dataclass
+class Detector:
+    """The anomaly detector of one series (one sensor's one measure)."""
+
+    config: DetectorConfig = field(default_factory=DetectorConfig)
+    count: int = 0
+    last_ts: float | None = None
+    steps: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # recent gaps, s
+    week_bins: dict[int, deque[float]] = field(default_factory=dict)
+    day_bins: dict[int, deque[float]] = field(default_factory=dict)
+    recent: deque[float] = field(default_factory=deque)
+    residuals: deque[float] = field(default_factory=deque)  # recent seasonal residuals
+    lags: deque[float] = field(default_factory=deque)  # recent values relative to the baseline
+    pairs_x: deque[list[float]] = field(default_factory=deque)
+    pairs_y: deque[float] = field(default_factory=deque)
+    net: _Net | None = None
+    trainings: int = 0
+    surprises: deque[float] = field(default_factory=deque)
+    alert_age: int = 1_000_000  # points since the last score above the alert level
+    alert_peak: float = 0.0
+    floor: float | None = None  # the cached scale floor (see _scale_floor)
+    surprise_sum: float = 0.0  # running sums over `surprises`, for the likelihood
+    surprise_sq: float = 0.0
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.recent = deque(self.recent, maxlen=c.recent_memory)
+        self.residuals = deque(self.residuals, maxlen=c.recent_memory)
+        self.lags = deque(self.lags, maxlen=c.lags)
+        self.pairs_x = deque(self.pairs_x, maxlen=c.train_window)
+        self.pairs_y = deque(self.pairs_y, maxlen=c.train_window)
+        self.surprises = deque(self.surprises, maxlen=c.long_window)
+
+    # --- the seasonal baseline -------------------------------------------------------------
+
+    def _bins(self, t: float) -> tuple[int, int]:
+        width = self.config.bin_minutes * 60
+        return int((t % _WEEK_S) // width), int((t % _DAY_S) // width)
+
+    def _baseline(self, t: float) -> tuple[float, float] | None:
+        """Median and robust sigma of the seasonal profile at time ``t`` (None: no history)."""
+        c = self.config
+        week, day = self._bins(t)
+        for store, key in ((self.week_bins, week), (self.day_bins, day)):
+            values = store.get(key)
+            if values is not None and len(values) >= c.min_bin_count:
+                med, mad = _median_mad(values)
+                return med, _MAD_TO_SIGMA * mad
+        if len(self.recent) >= c.min_bin_count:
+            med, mad = _median_mad(self.recent)
+            return med, _MAD_TO_SIGMA * mad
+        return None
+
+    def _scale_floor(self) -> float:
+        """The smallest sigma a bin may claim: a share of the series' residual spread."""
+        if len(self.residuals) >= self.config.min_bin_count:
+            _, mad = _median_mad(self.residuals)
+            floor = 0.5 * _MAD_TO_SIGMA * mad
+        else:
+            floor = 0.0
+        if len(self.recent) >= 2:
+            _, mad = _median_mad(self.recent)
+            floor = max(floor, 0.05 * _MAD_TO_SIGMA * mad)
+        return max(floor, 1e-6)
+
+    def _learn_seasonal(self, t: float, value: float) -> None:
+        c = self.config
+        week, day = self._bins(t)
+        self.week_bins.setdefault(week, deque(maxlen=c.bin_memory)).append(value)
+        self.day_bins.setdefault(day, deque(maxlen=c.bin_memory)).append(value)
+        self.recent.append(value)
+
+    # --- the forecaster ---------------------------------------------------------------------
+
+    @property
+    def _inputs(self) -> int:
+        return self.config.lags + 3  # lags, sin and cos of the time of day, the gap
+
+    def _typical_step(self) -> float:
+        return float(np.median(self.steps)) if self.steps else 300.0
+
+    def _features(
+        self, lags: deque[float], t: float, gap: float, scale: float
+    ) -> np.ndarray | None:
+        """The forecaster's inputs: scaled lags, time of day, the gap (None: too few lags)."""
+        if len(lags) < self.config.lags:
+            return None
+        phase = 2 * math.pi * (t % _DAY_S) / _DAY_S
+        return np.concatenate(
+            [
+                np.clip(np.asarray(lags, dtype=np.float64) / scale, -10, 10),
+                [
+                    math.sin(phase),
+                    math.cos(phase),
+                    math.log1p(gap / max(self._typical_step(), 1.0)) - math.log(2.0),
+                ],
+            ]
+        ).astype(np.float32)
+
+    def _retrain(self) -> None:
+        c = self.config
+        if self.net is None:
+            self.net = _Net.init(self._inputs, c.hidden, c.seed)
+        x = np.asarray(self.pairs_x, dtype=np.float32)
+        y = np.asarray(self.pairs_y, dtype=np.float32)
+        self.net.train(x, y, c, seed=c.seed * 1_000_003 + self.trainings)
+        self.trainings += 1
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    def update(self, timestamp: datetime | float | int | str, value: float) -> float:
+        """Score one point (seen once, in order) and learn from it; returns a score in [0, 1]."""
+        c = self.config
+        t = _as_utc(timestamp)
+        value = float(value)
+        if not math.isfinite(value):
+            return 0.0  # a missing reading: nothing to score, nothing to learn
+        if self.last_ts is not None and t < self.last_ts:
+            t = self.last_ts  # out of order: treat as a duplicate of the latest stamp
+        gap = t - self.last_ts if self.last_ts is not None else self._typical_step()
+        if self.last_ts is not None and gap > 0:
+            if gap > c.gap_steps * self._typical_step():
+                self.lags.clear()  # the recent past no longer predicts the next point
+            self.steps.append(gap)
+
+        base = self._baseline(t)
+        if self.floor is None or self.count % c.floor_every == 0:
+            self.floor = self._scale_floor()
+        floor = self.floor
+        z_seasonal = z_forecast = 0.0
+        x = None
+        if base is not None:
+            med, sigma = base
+            sigma = max(sigma, floor)
+            residual = value - med
+            z_seasonal = residual / sigma
+            x = self._features(self.lags, t, gap, floor)
+            if x is not None and self.net is not None and self.count >= c.warmup:
+                mu, log_sigma = self.net.forward(x)
+                z_forecast = (residual / floor - mu) / math.exp(min(max(log_sigma, -5.0), 5.0))
+            self.residuals.append(residual)
+        w = c.forecast_weight
+        surprise = (1 - w) * _surprise(z_seasonal) + w * _surprise(z_forecast)
+        score = self._likelihood(surprise)
+
+        # learn from the point
+        if x is not None:
+            self.pairs_x.append(x.tolist())
+            self.pairs_y.append(float(np.clip((value - base[0]) / floor, -10, 10)))
+        if base is not None:
+            self.lags.append(value - base[0])
+        self._learn_seasonal(t, value)
+        self.count += 1
+        self.last_ts = t
+        if self.count % c.train_every == 0 and len(self.pairs_y) >= c.batch:
+            self._retrain()
+        return score
+
+    def _likelihood(self, surprise: float) -> float:
+        """HTM-style anomaly likelihood of the recent surprise, damped right after an alert."""
+        c = self.config
+        history = self.surprises
+        if len(history) == history.maxlen:
+            dropped = history[0]
+            self.surprise_sum -= dropped
+            self.surprise_sq -= dropped * dropped
+        history.append(surprise)
+        self.surprise_sum += surprise
+        self.surprise_sq += surprise * surprise
+        n = len(history)
+        if n < max(c.short_window * 10, 50):
+            return 0.0
+        mean = self.surprise_sum / n
+        std = max(math.sqrt(max(self.surprise_sq / n - mean * mean, 0.0)), 1e-3)
+        short = sum(history[-k] for k in range(1, c.short_window + 1)) / c.short_window
+        tail = _gauss_tail((short - mean) / std)  # how unlikely the recent surprise is
+        score = min(1.0, max(0.0, math.log(tail + 1e-10) / math.log(1e-10)))
+        # one event, one detection: right after an alert only a higher score counts in full
+        self.alert_age += 1
+        damped = score
+        if self.alert_age <= c.refractory and score <= self.alert_peak:
+            damped = score * 0.5
+        if score >= 0.5 and (self.alert_age > c.refractory or score > self.alert_peak):
+            self.alert_age = 0
+            self.alert_peak = score
+        return damped
+
+    # --- forecasting ----------------------------------------------------------------------
+
+    def forecast(self, steps: int, level: float = 0.9) -> Forecast:
+        """The next ``steps`` points at the series' typical step, with a ``level`` interval.
+
+        The seasonal median gives the expected value; the forecaster (once trained) corrects the
+        first steps from the recent residuals, iterating on its own means. The interval combines
+        the forecaster's spread with the bin's robust spread.
+        """
+        if self.last_ts is None:
+            raise DetectorError("forecast before any point was seen")
+        step = self._typical_step()
+        z = math.sqrt(2.0) * _erfinv(level)
+        floor = self._scale_floor()
+        lags = deque(self.lags, maxlen=self.config.lags)
+        out = Forecast([], [], [], [], level)
+        for k in range(1, steps + 1):
+            t = self.last_ts + k * step
+            base = self._baseline(t)
+            med, sigma = (base[0], max(base[1], floor)) if base else (self.recent[-1], floor)
+            mean, spread = med, sigma
+            x = self._features(lags, t, step, floor) if self.net is not None else None
+            if x is not None and self.net is not None:
+                mu, log_sigma = self.net.forward(x)
+                mean = med + mu * floor
+                spread = max(math.exp(log_sigma) * floor, 0.5 * sigma)
+                lags.append(mu * floor)
+            out.timestamps.append(datetime.fromtimestamp(t, UTC))
+            out.mean.append(mean)
+            out.lower.append(mean - z * spread)
+            out.upper.append(mean + z * spread)
+        return out
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state as plain JSON-able data."""
+        return {
+            "version": STATE_VERSION,
+            "config": asdict(self.config),
+            "count": self.count,
+            "last_ts": self.last_ts,
+            "steps": list(self.steps),
+            "week_bins": {str(k): list(v) for k, v in self.week_bins.items()},
+            "day_bins": {str(k): list(v) for k, v in self.day_bins.items()},
+            "recent": list(self.recent),
+            "residuals": list(self.residuals),
+            "lags": list(self.lags),
+            # the training pairs are most of the state: packed arrays, not JSON numbers
+            "pairs_x": _encode(
+                np.asarray(self.pairs_x, dtype=np.float32).reshape(-1, self._inputs)
+            ),
+            "pairs_y": _encode(np.asarray(self.pairs_y, dtype=np.float64)),
+            "net": self.net.to_dict() if self.net is not None else None,
+            "trainings": self.trainings,
+            "surprises": list(self.surprises),
+            "alert_age": self.alert_age,
+            "alert_peak": self.alert_peak,
+            "floor": self.floor,
+            "surprise_sum": self.surprise_sum,
+            "surprise_sq": self.surprise_sq,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Detector:
+        if state.get("version") != STATE_VERSION:
+            raise DetectorError(f"detector state version {state.get('version')} != {STATE_VERSION}")
+        config = DetectorConfig(**state["config"])
+        memory = config.bin_memory
+        return cls(
+            config=config,
+            count=state["count"],
+            last_ts=state["last_ts"],
+            steps=deque(state["steps"], maxlen=64),
+            week_bins={int(k): deque(v, maxlen=memory) for k, v in state["week_bins"].items()},
+            day_bins={int(k): deque(v, maxlen=memory) for k, v in state["day_bins"].items()},
+            recent=deque(state["recent"]),
+            residuals=deque(state["residuals"]),
+            lags=deque(state["lags"]),
+            pairs_x=deque(_decode(state["pairs_x"]).tolist()),
+            pairs_y=deque(_decode(state["pairs_y"]).tolist()),
+            net=_Net.from_dict(state["net"]) if state["net"] is not None else None,
+            trainings=state["trainings"],
+            surprises=deque(state["surprises"]),
+            alert_age=state["alert_age"],
+            alert_peak=state["alert_peak"],
+            floor=state["floor"],
+            surprise_sum=state["surprise_sum"],
+            surprise_sq=state["surprise_sq"],
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.state_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Detector:
+        return cls.from_state(json.loads(raw))
+
+
+def _erfinv(p: float) -> float:
+    """Inverse error function by bisection on math.erf (only for interval levels)."""
+    lo, hi = 0.0, 6.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if math.erf(mid) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def warm_up() -> None:
+    """Import torch and build its optimiser once (the first import takes seconds)."""
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def score_series(timestamps: Any, values: Any, config: DetectorConfig | None = None) -> np.ndarray:
+    """Run a fresh detector over a whole series, point by point; the scores as an array."""
+    detector = Detector(config or DetectorConfig())
+    return np.array([detector.update(t, v) for t, v in zip(timestamps, values, strict=True)])
+
+
+__all__ = ["Detector", "DetectorConfig", "DetectorError", "Forecast", "score_series", "warm_up"]

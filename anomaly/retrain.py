@@ -1,0 +1,254 @@
+"""Retrain the per-sensor anomaly detectors for a data interval; promote only if better.
+
+Called by the ``retrain_anomaly_models`` DAG (and ``cityos anomaly retrain``). For the interval
+``[start, end)``:
+
+1. the closed windows of every sensor over ``lookback`` up to the interval's end are read from
+   the serving tables — the very numbers the
+   streaming scorer sees, computed by the streaming job from the raw events that the lake keeps;
+   the last ``holdout`` of the interval is held out;
+2. a **candidate** detector per sensor and metric learns the training part; the **production**
+   model's detectors (when there is one) are brought up to the same point from their own state;
+3. both score the held-out windows as a stream (one-step forecasts before each point). The
+   measure is the mean absolute scaled error of those forecasts (MASE: error over the mean
+   absolute step of the series, so sensors of different scales weigh alike), with the share of
+   windows flagged (score >= 0.9) alongside it;
+4. the candidate, with the held-out windows learnt too, is saved and registered; it is promoted
+   only if its MASE beats production's (or nothing is in production).
+
+Same interval, same version name: a rerun or a backfill overwrites its own version and changes
+nothing else, so the task is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cityos.anomaly.detector import Detector, DetectorConfig
+from cityos.anomaly.registry import (
+    SeedStates,
+    production,
+    register,
+    save_model,
+    set_status,
+)
+from cityos.db import connect
+
+log = logging.getLogger(__name__)
+
+FAMILY = "anomaly"
+FLAG_LEVEL = 0.9
+
+# (serving table, metrics): the same metrics the streaming scorer keeps detectors for
+SERIES = (
+    ("traffic_5m", ("vehicle_count", "avg_speed_kmh", "occupancy", "congestion_index")),
+    ("air_quality_1h", ("pm25", "pm10", "no2", "o3", "aqi")),
+)
+
+Series = dict[tuple[str, str], list[tuple[datetime, datetime, float]]]
+
+
+@dataclass
+class HoldoutScore:
+    """Forecast error and flags of one model over the held-out windows."""
+
+    abs_error: float = 0.0
+    scale: float = 0.0  # sum over series of (mean absolute step) x points
+    points: int = 0
+    flagged: int = 0
+
+    def add(self, errors: list[float], step_scale: float, flags: int) -> None:
+        self.abs_error += sum(errors)
+        self.scale += step_scale * len(errors)
+        self.points += len(errors)
+        self.flagged += flags
+
+    @property
+    def mase(self) -> float | None:
+        return self.abs_error / self.scale if self.scale > 0 else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mase": self.mase,
+            "points": self.points,
+            "flag_rate": self.flagged / self.points if self.points else None,
+        }
+
+
+def read_series(conn: psycopg.Connection, start: datetime, end: datetime) -> Series:
+    """Every sensor's closed windows with window_start in [start, end), per (sensor, metric)."""
+    series: Series = defaultdict(list)
+    for table, metrics in SERIES:
+        query = sql.SQL(
+            "SELECT sensor_id, window_start, window_end, {metrics} FROM {table}"
+            " WHERE window_start >= %s AND window_start < %s ORDER BY sensor_id, window_start"
+        ).format(
+            metrics=sql.SQL(", ").join(map(sql.Identifier, metrics)),
+            table=sql.Identifier(table),
+        )
+        for sensor, w_start, w_end, *values in conn.execute(query, (start, end)):
+            for metric, value in zip(metrics, values, strict=True):
+                if value is not None:
+                    series[(sensor, metric)].append((w_start, w_end, float(value)))
+    return series
+
+
+def model_version(config: DetectorConfig, end: datetime) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
+    return f"{end.strftime('%Y%m%dT%H%MZ')}-{digest[:6]}"
+
+
+def _learn(detector: Detector, points: list[tuple[datetime, datetime, float]]) -> None:
+    for w_start, _, value in points:
+        detector.update(w_start, value)
+
+
+def _holdout(detector: Detector, points: list[tuple[datetime, datetime, float]]):
+    """One-step forecast errors and flags over the points, learning as it goes (a stream)."""
+    errors, flags = [], 0
+    for w_start, _, value in points:
+        if detector.count:
+            errors.append(abs(detector.forecast(1).mean[0] - value))
+        if detector.update(w_start, value) >= FLAG_LEVEL:
+            flags += 1
+    return errors, flags
+
+
+def _step_scale(points: list[tuple[datetime, datetime, float]]) -> float:
+    values = [p[2] for p in points]
+    steps = [abs(b - a) for a, b in zip(values, values[1:], strict=False)]
+    return sum(steps) / len(steps) if steps else 0.0
+
+
+def retrain(
+    settings: Any,
+    interval_start: datetime,
+    interval_end: datetime,
+    *,
+    holdout: timedelta = timedelta(days=1),
+    lookback: timedelta = timedelta(days=14),
+    config: DetectorConfig | None = None,
+) -> dict[str, Any]:
+    """Train on the ``lookback`` up to the interval's end (the DAG's interval is a day; a
+    detector wants weeks of a sensor's life), evaluate, register and maybe promote; returns a
+    summary of what happened."""
+    config = config or DetectorConfig()
+    interval_start = min(interval_start, interval_end - lookback)
+    if interval_end - interval_start <= holdout:
+        raise ValueError(
+            f"the interval {interval_start.isoformat()} .. {interval_end.isoformat()} is not "
+            f"longer than the held-out {holdout}"
+        )
+    split = interval_end - holdout
+    version = model_version(config, interval_end)
+    url = settings.database_url.get_secret_value()
+    began = time.monotonic()
+    with connect(url, settings.database_schema, autocommit=True) as conn:
+        series = read_series(conn, interval_start, interval_end)
+        current = production(conn, FAMILY)
+        seeds = SeedStates.open(current) if current is not None else None
+        older = (
+            read_series(conn, current.data_end, interval_start)
+            if (
+                current is not None
+                and current.data_end is not None
+                and current.data_end < interval_start
+            )
+            else {}
+        )
+
+        candidate_score, production_score = HoldoutScore(), HoldoutScore()
+        trained: list[tuple[str, str, Detector, datetime]] = []
+        train_seconds = 0.0
+        for key, points in sorted(series.items()):
+            sensor, metric = key
+            train = [p for p in points if p[0] < split]
+            test = [p for p in points if p[0] >= split]
+            scale = _step_scale(train or points)
+            t0 = time.process_time()
+            detector = Detector(config)
+            _learn(detector, train)
+            train_seconds += time.process_time() - t0
+            errors, flags = _holdout(detector, test)
+            candidate_score.add(errors, scale, flags)
+            trained.append((sensor, metric, detector, points[-1][1]))
+            if seeds is not None:
+                seeded = seeds.get(sensor, metric)
+                if seeded is not None:
+                    incumbent, seen_until = seeded
+                    catch_up = [p for p in older.get(key, []) + train if p[1] > seen_until]
+                    _learn(incumbent, catch_up)
+                    p_errors, p_flags = _holdout(incumbent, test)
+                else:  # a sensor production never saw: it would start from nothing
+                    incumbent = Detector(config)
+                    p_errors, p_flags = _holdout(incumbent, test)
+                production_score.add(p_errors, scale, p_flags)
+
+        sensors = len({k[0] for k in series})
+        metrics: dict[str, Any] = {
+            "candidate": candidate_score.summary(),
+            "production": production_score.summary() if current else None,
+            "production_version": current.version if current else None,
+            "series": len(series),
+            "sensors": sensors,
+            "train_cpu_s": round(train_seconds, 3),
+            "train_cpu_s_per_sensor": round(train_seconds / sensors, 4) if sensors else None,
+            "holdout": str(holdout),
+        }
+        if not series:
+            return {
+                "version": None,
+                "promoted": False,
+                "reason": "no windows in the interval",
+                **metrics,
+            }
+        folder = save_model(
+            settings.model_dir / FAMILY / version,
+            version,
+            config,
+            trained,
+            data_start=interval_start,
+            data_end=interval_end,
+            metrics=metrics,
+        )
+        register(
+            conn, FAMILY, version, folder, metrics, data_start=interval_start, data_end=interval_end
+        )
+        better, reason = _better(candidate_score, production_score, current)
+        if current is not None and current.version == version:
+            better, reason = True, "this interval's version is already in production"
+        status = "production" if better else "rejected"
+        set_status(conn, FAMILY, version, status, note=reason)
+    summary = {
+        "version": version,
+        "promoted": better,
+        "reason": reason,
+        "wall_s": round(time.monotonic() - began, 2),
+        **metrics,
+    }
+    log.info("retrain %s: %s (%s)", version, "promoted" if better else "rejected", reason)
+    return summary
+
+
+def _better(candidate: HoldoutScore, incumbent: HoldoutScore, current: Any) -> tuple[bool, str]:
+    if current is None:
+        return True, "no model in production"
+    mine, theirs = candidate.mase, incumbent.mase
+    if mine is None:
+        return False, "the held-out period has no windows to compare on"
+    if theirs is None or math.isnan(theirs):
+        return True, f"production {current.version} could not be scored on the held-out period"
+    if mine < theirs:
+        return True, f"held-out MASE {mine:.4f} < production {current.version}'s {theirs:.4f}"
+    return False, f"held-out MASE {mine:.4f} >= production {current.version}'s {theirs:.4f}"

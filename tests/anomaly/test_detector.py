@@ -1,0 +1,133 @@
+"""The online detector on real NAB traffic series: scores, persistence, no look-ahead, forecast."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cityos.anomaly.detector import Detector, DetectorConfig, DetectorError, score_series
+from cityos.settings import SHARED_DIR
+
+NAB = SHARED_DIR / "data" / "nab"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The forecaster's tiny batches run fastest (and as the streaming job runs them) on one
+    thread; several threads on a shared 2-core machine only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def series(name: str) -> pd.DataFrame:
+    return pd.read_csv(NAB / "data" / "realTraffic" / name, parse_dates=["timestamp"])
+
+
+def windows(name: str) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    raw = json.loads((NAB / "labels" / "combined_windows.json").read_text())
+    return [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in raw[f"realTraffic/{name}"]]
+
+
+@pytest.fixture(scope="module")
+def speed_7578() -> tuple[pd.DataFrame, np.ndarray]:
+    data = series("speed_7578.csv")
+    return data, score_series(data["timestamp"], data["value"])
+
+
+def test_labelled_speed_drops_score_high_and_normal_days_low(speed_7578) -> None:
+    data, scores = speed_7578
+    assert ((scores >= 0) & (scores <= 1)).all()
+    inside = np.zeros(len(data), dtype=bool)
+    for start, end in windows("speed_7578.csv"):
+        in_window = ((data["timestamp"] >= start) & (data["timestamp"] <= end)).to_numpy()
+        assert scores[in_window].max() >= 0.9, f"window {start} .. {end} missed"
+        inside |= in_window
+    normal = scores[200:][~inside[200:]]  # after the detector's first days
+    assert (normal >= 0.9).mean() < 0.01
+    assert np.median(normal) < 0.3
+
+
+def test_an_injected_level_shift_is_detected_at_once() -> None:
+    data = series("speed_6005.csv").iloc[:900].astype({"value": float})
+    data.loc[850:, "value"] = data.loc[850:, "value"] * 0.4  # a sudden slowdown
+    scores = score_series(data["timestamp"], data["value"])
+    assert scores[850:853].max() >= 0.9
+    assert (scores[300:850] >= 0.9).mean() < 0.01
+
+
+def test_state_round_trips_and_continues_identically() -> None:
+    data = series("occupancy_t4013.csv").iloc[:700]
+    stamps, values = list(data["timestamp"]), list(data["value"])
+    original = Detector()
+    for t, v in zip(stamps[:450], values[:450], strict=True):
+        original.update(t, v)
+    restored = Detector.from_bytes(original.to_bytes())
+    assert restored.state_dict() == original.state_dict()
+    assert restored.net is not None  # the forecaster was trained before the snapshot
+    a = [original.update(t, v) for t, v in zip(stamps[450:], values[450:], strict=True)]
+    b = [restored.update(t, v) for t, v in zip(stamps[450:], values[450:], strict=True)]
+    assert a == b
+    assert original.trainings == restored.trainings == 5  # both retrained after the snapshot
+
+
+def test_restoring_a_foreign_state_is_refused() -> None:
+    state = Detector().state_dict() | {"version": 999}
+    with pytest.raises(DetectorError):
+        Detector.from_state(state)
+
+
+def test_no_look_ahead() -> None:
+    data = series("speed_t4013.csv").iloc[:520]
+    first = score_series(data["timestamp"][:300], data["value"][:300])
+    longer = score_series(data["timestamp"], data["value"])
+    assert np.array_equal(first, longer[:300])
+
+
+def test_duplicate_out_of_order_and_gappy_stamps() -> None:
+    data = series("occupancy_t4013.csv").iloc[600:920]  # a duplicate stamp and a 3-day gap
+    assert data["timestamp"].duplicated().any()
+    assert data["timestamp"].diff().max() > pd.Timedelta(days=2)
+    detector = Detector()
+    scores = [detector.update(t, v) for t, v in zip(data["timestamp"], data["value"], strict=True)]
+    late = detector.update(data["timestamp"].iloc[0], 5.0)  # far out of order: still a score
+    seen = detector.count
+    assert detector.update(data["timestamp"].iloc[-1], float("nan")) == 0.0  # a missing reading
+    assert detector.count == seen
+    assert all(0.0 <= s <= 1.0 and math.isfinite(s) for s in [*scores, late])
+    # naive stamps are UTC: the same series with aware stamps scores identically
+    aware = score_series(data["timestamp"].dt.tz_localize("UTC"), data["value"])
+    assert np.array_equal(aware, np.array(scores))
+
+
+def test_forecast_gives_an_interval_around_the_next_steps() -> None:
+    data = series("speed_6005.csv")
+    detector = Detector()
+    for t, v in zip(data["timestamp"][:800], data["value"][:800], strict=True):
+        detector.update(t, v)
+    fc = detector.forecast(12, level=0.9)
+    assert len(fc.mean) == len(fc.timestamps) == 12
+    assert all(lo < m < hi for lo, m, hi in zip(fc.lower, fc.mean, fc.upper, strict=True))
+    gaps = np.diff([t.timestamp() for t in fc.timestamps])
+    assert (gaps > 0).all() and gaps[0] == pytest.approx(300, rel=0.5)  # the 5-minute step
+    actual = data["value"].iloc[800:812].to_numpy()
+    covered = ((actual >= fc.lower) & (actual <= fc.upper)).mean()
+    assert covered >= 0.6
+    assert abs(np.mean(fc.mean) - np.mean(actual)) < 15  # mph
+
+
+def test_one_frozen_configuration() -> None:
+    config = DetectorConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lags = 3  # type: ignore[misc]
+    assert Detector().config == config
+    with pytest.raises(DetectorError):
+        Detector().forecast(3)
