@@ -48,6 +48,9 @@ class DemoReport:
     table_rows: dict[str, int] = field(default_factory=dict)
     latest_traffic: list[tuple[Any, ...]] = field(default_factory=list)
     latest_air: list[tuple[Any, ...]] = field(default_factory=list)
+    alerts: list[tuple[Any, ...]] = field(default_factory=list)
+    alert_counts: dict[str, int] = field(default_factory=dict)
+    scored: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     charts: list[Path] = field(default_factory=list)
 
@@ -59,7 +62,8 @@ Say = Callable[[str], None]
 # in particular: a second run's twin starts hours before now again, which the first run's
 # watermarks would otherwise judge late.
 STREAM_TABLES = ["traffic_5m", "air_quality_1h", "traffic_5m_acc", "air_quality_1h_acc",
-                 "stream_commits", "sensor_watermarks"]
+                 "stream_commits", "sensor_watermarks", "scoring_progress", "anomaly_scores",
+                 "forecasts", "detector_state", "alert_state", "alert_outbox", "alerts"]
 
 
 def reset_streams(settings: Settings, say: Say) -> None:
@@ -179,6 +183,16 @@ SELECT name, city_id, window_start, pm25, no2, aqi, aqi_category FROM (
 """
 
 
+ALERTS = """
+SELECT a.severity, a.status, a.kind, coalesce(s.name, i.name, z.name, '-') AS place, a.message,
+       a.started_at
+FROM alerts a LEFT JOIN sensors s USING (sensor_id)
+LEFT JOIN intersections i ON i.intersection_id = a.intersection_id
+LEFT JOIN zones z ON z.zone_id = a.zone_id
+ORDER BY a.status = 'resolved', a.severity = 'critical' DESC, a.started_at DESC LIMIT 12
+"""
+
+
 def summarise(settings: Settings, report: DemoReport) -> None:
     from psycopg import sql
 
@@ -190,6 +204,12 @@ def summarise(settings: Settings, report: DemoReport) -> None:
             report.table_rows[table] = conn.execute(query).fetchone()[0]
         report.latest_traffic = conn.execute(LATEST_TRAFFIC).fetchall()
         report.latest_air = conn.execute(LATEST_AIR).fetchall()
+        report.alerts = conn.execute(ALERTS).fetchall()
+        report.alert_counts = dict(
+            conn.execute("SELECT status, count(*) FROM alerts GROUP BY status").fetchall())
+        report.scored = dict(zip(("anomaly scores", "forecasts"), conn.execute(
+            "SELECT (SELECT count(*) FROM anomaly_scores), (SELECT count(*) FROM forecasts)"
+        ).fetchone(), strict=True))
     report.dead_letters = dead_letter_counts(settings)
 
 

@@ -56,6 +56,18 @@ def demo_command(
                     str(category))
     console.print(air)
 
+    counts = ", ".join(f"{n:,} {status}" for status, n in sorted(report.alert_counts.items()))
+    scored = ", ".join(f"{n:,} {what}" for what, n in report.scored.items())
+    alerts = Table(title=f"alerts raised as windows closed ({counts or 'none'}; {scored})",
+                   show_edge=False)
+    for name in ("severity", "status", "kind", "where", "message", "since (UTC)"):
+        alerts.add_column(name)
+    colour = {"critical": "red", "warning": "yellow"}
+    for severity, status, kind, place, message, started in report.alerts:
+        style = colour.get(severity, "") if status != "resolved" else "dim"
+        alerts.add_row(severity, status, kind, place, message, f"{started:%Y-%m-%d %H:%M}",
+                       style=style)
+    console.print(alerts)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
     console.print(f"[bold]where to look[/] ({timing})")
     console.print(f"  PostgreSQL  {_redacted(settings.database_url.get_secret_value())} "

@@ -27,9 +27,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from cityos import events
+from cityos import events, metrics
 from cityos.db import connect
-from cityos.errors import ConfigError
+from cityos.errors import CityOSError, ConfigError
 from cityos.settings import Settings
 from cityos.streaming.jobs.errors import StreamingJobError
 from cityos.streaming.jobs.sinks import (
@@ -139,6 +139,9 @@ class TopicJob:
     registry: SensorRegistry
     method: Method = "copy"
     batches: list[BatchCommit] = field(default_factory=list)  # merged by this process
+    scorer: Any = None  # streaming/jobs/score.py Scorer, made at the first batch
+    publisher: Any = None  # the alert outbox's Kafka publisher
+    score_seconds: float = 0.0  # wall time spent in the score stage by this process
 
     @property
     def name(self) -> str:
@@ -270,12 +273,65 @@ class TopicJob:
         clock.lap("merge")
         if merged:
             self.batches.append(commit)
+            metrics.record_batch(self.name, self.topic, valid=valid_n, dead=dead_n,
+                                 watermark=watermark)
+        if self.settings.score_windows:
+            began = time.monotonic()
+            self._score()
+            self.score_seconds += time.monotonic() - began
+            clock.lap("score")
         log.info(
             "%s batch %d: %d valid, %d dead letters %s, %d traffic + %d air windows, "
             "watermark %s; %s",
             self.name, batch_id, valid_n, dead_n, by_reason or "", len(traffic), len(air),
             watermark.isoformat() if watermark else "-", clock,
         )
+
+
+    def _score(self) -> None:
+        """The score stage: anomaly scores, forecasts and alerts of the windows closed now; then
+        the alert transitions to Kafka. A failure is logged and retried with the next batch
+        (nothing is marked scored unless it was)."""
+        from cityos.streaming.jobs.score import Scorer, tables_for
+
+        tables = tables_for(self.spec.event_types)
+        if not tables:
+            return
+        s = self.settings
+        if self.scorer is None:
+            from cityos.alerting.engine import AlertEngine, OutboxPublisher
+
+            self.scorer = Scorer(
+                self.name,
+                self.lateness,
+                tables,
+                AlertEngine.from_settings(s),
+                forecast_minutes=s.forecast_minutes,
+                checkpoint_s=s.detector_checkpoint_s,
+            )
+            self.publisher = OutboxPublisher(s.kafka_bootstrap, Topics(s.topic_prefix).alerts)
+        scorer, publisher = self.scorer, self.publisher
+        try:
+            with connect(s.database_url.get_secret_value(), s.database_schema,
+                         autocommit=True) as conn:
+                summary = scorer.score(conn, datetime.now(UTC))
+                published = publisher.publish_pending(conn) if publisher else 0
+        except (psycopg.Error, CityOSError) as err:
+            log.error("%s: scoring failed, retried with the next batch: %s", self.name, err)
+            return
+        if summary.windows:
+            log.info("%s scored %d closed windows: %d scores, %d forecasts, %d alert events "
+                     "(%d published)", self.name, summary.windows, summary.scores,
+                     summary.forecasts, summary.alert_events, published)
+
+    def close(self) -> None:
+        """Save the detectors' states (called when the query stops)."""
+        if self.scorer is None:
+            return
+        s = self.settings
+        with connect(s.database_url.get_secret_value(), s.database_schema,
+                     autocommit=True) as conn:
+            self.scorer.checkpoint(conn)
 
 
 def sensor_latest(valid: DataFrame) -> list[tuple[str, datetime]]:
@@ -362,6 +418,7 @@ def run_pipeline(
         from cityos.streaming.spark import spark_session
 
         spark = spark_session(settings, "cityos-aggregate")
+    metrics.attach_listener(spark)  # query progress -> Prometheus (once per session)
     jobs = topic_jobs(settings, method)
     queries = [start_query(spark, job, until) for job in jobs]
     if on_started is not None:
@@ -381,6 +438,11 @@ def run_pipeline(
         for query in queries:
             if query.isActive:
                 query.stop()
+        for job in jobs:
+            try:
+                job.close()
+            except (psycopg.Error, CityOSError) as err:
+                log.error("%s: detector states not saved: %s", job.name, err)
     return jobs
 
 
@@ -400,4 +462,5 @@ def main(settings: Settings | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     run_pipeline(settings, until="stopped", stop_event=stop)

@@ -1,0 +1,425 @@
+"""The score stage of the streaming job: closed windows -> anomaly scores, forecasts, alerts.
+
+    closed_windows -> detectors (per sensor and metric) -> anomaly_scores, forecasts
+                   -> observations (thresholds, anomaly score, forecast) -> AlertEngine -> alerts
+
+A window is closed once its sensor's watermark (newest merged event time minus the allowed
+lateness) has passed its end: no later event can change it, since later ones go to the
+dead-letter topic as late. After each merged micro-batch the job scores the windows closed since
+the last time (``scoring_progress``), oldest first, in one transaction with their alerts, so a
+crash replays at most a batch of scoring, and replays are harmless (scores are upserts, the alert
+engine ignores observations it has applied).
+
+Detectors are online (``anomaly/detector.py``): their state lives in memory and is checkpointed
+to ``detector_state`` every ``checkpoint_s``; after a restart a sensor's state is reloaded and the
+windows it missed are replayed into it from the serving table. The model registry's production
+version of the ``anomaly`` family, when there is one, seeds the states (trained by the
+``retrain_anomaly_models`` DAG on the lake); a newly promoted version is picked up at the next
+batch, without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from cityos.alerting.engine import AlertEngine, Observation
+from cityos.anomaly.detector import Detector, DetectorConfig
+from cityos.anomaly.registry import ModelVersion, SeedStates, production
+
+log = logging.getLogger(__name__)
+
+FAMILY = "anomaly"
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """A serving table of closed windows and what is scored in it."""
+
+    stream: str  # key in scoring_progress
+    table: str
+    width: timedelta
+    metrics: tuple[str, ...]  # one detector per sensor and metric
+    forecast_metric: str
+    forecast_rule: str
+    threshold_rules: tuple[tuple[str, str], ...]  # (rule id, column of the window row)
+    extra_columns: str = ""
+
+
+TRAFFIC = WindowTable(
+    stream="traffic",
+    table="traffic_5m",
+    width=timedelta(minutes=5),
+    metrics=("vehicle_count", "avg_speed_kmh", "occupancy", "congestion_index"),
+    forecast_metric="congestion_index",
+    forecast_rule="congestion_forecast",
+    threshold_rules=(("congestion", "congestion_index"), ("speed_drop", "speed_ratio")),
+    extra_columns=", t.avg_speed_kmh / coalesce(l.speed_limit_kmh, 50.0) AS speed_ratio",
+)
+AIR = WindowTable(
+    stream="air",
+    table="air_quality_1h",
+    width=timedelta(hours=1),
+    metrics=("pm25", "pm10", "no2", "o3", "aqi"),
+    forecast_metric="pm25",
+    forecast_rule="pm25_forecast",
+    threshold_rules=(("aqi", "aqi"),),
+    extra_columns=", t.aqi_category",
+)
+LABELS = {
+    "vehicle_count": "traffic volume",
+    "avg_speed_kmh": "speed",
+    "occupancy": "occupancy",
+    "congestion_index": "congestion",
+    "pm25": "PM2.5",
+    "pm10": "PM10",
+    "no2": "NO2",
+    "o3": "O3",
+    "aqi": "AQI",
+}
+
+
+@dataclass
+class ScoreSummary:
+    windows: int = 0
+    scores: int = 0
+    forecasts: int = 0
+    alert_events: int = 0
+
+
+def online_version(config: DetectorConfig) -> str:
+    """The version name of detectors that learn online from nothing (no registered model)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
+    return f"online-{digest[:8]}"
+
+
+@dataclass
+class Scorer:
+    """Scores one topic's closed windows; one instance per streaming query, kept across batches."""
+
+    query_name: str
+    lateness: timedelta
+    tables: tuple[WindowTable, ...]
+    engine: AlertEngine
+    config: DetectorConfig = field(default_factory=DetectorConfig)
+    forecast_minutes: int = 60
+    checkpoint_s: float = 60.0
+    max_windows: int = 20000  # per call; a long backlog is caught up over several batches
+    registry_check_s: float = 30.0
+    _detectors: dict[tuple[str, str], Detector] = field(default_factory=dict)
+    _seen_until: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    _version: str | None = None
+    _seeds: SeedStates | None = None
+    _checked_at: float = float("-inf")
+    _saved_at: float = field(default_factory=time.monotonic)
+
+    # ------------------------------------------------------------------ the batch
+    def score(self, conn: psycopg.Connection, now: datetime) -> ScoreSummary:
+        """Score every window closed since the last call; returns what was written.
+
+        ``conn`` must be in autocommit mode: each table's scores, forecasts, alerts and progress
+        are one explicit transaction."""
+        if not conn.autocommit:
+            raise ValueError("Scorer.score needs an autocommit connection")
+        self._follow_registry(conn)
+        summary = ScoreSummary()
+        for table in self.tables:
+            rows = self._closed(conn, table)
+            if not rows:
+                continue
+            summary.windows += len(rows)
+            scores, forecasts, observations, progress = self._run(conn, table, rows)
+            with conn.transaction(), conn.cursor() as cur:
+                _write_scores(cur, scores)
+                _write_forecasts(cur, forecasts)
+                events = self.engine.observe(conn, observations, now)
+                cur.executemany(
+                    "INSERT INTO scoring_progress (stream, sensor_id, scored_until)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (stream, sensor_id) DO UPDATE"
+                    " SET scored_until = GREATEST(scoring_progress.scored_until,"
+                    " excluded.scored_until)",
+                    [(table.stream, sensor, until) for sensor, until in progress.items()],
+                )
+            summary.scores += len(scores)
+            summary.forecasts += len(forecasts)
+            summary.alert_events += len(events)
+        if time.monotonic() - self._saved_at >= self.checkpoint_s:
+            self.checkpoint(conn)
+        return summary
+
+    def _closed(self, conn: psycopg.Connection, table: WindowTable) -> list[dict[str, Any]]:
+        query = sql.SQL(
+            "SELECT t.sensor_id, s.city_id, s.zone_id, t.window_start, t.window_end, {metrics}"
+            "{extra} FROM {table} t"
+            " JOIN sensor_watermarks w ON w.query_name = %(query)s AND w.sensor_id = t.sensor_id"
+            " JOIN sensors s ON s.sensor_id = t.sensor_id"
+            " LEFT JOIN sensor_speed_limits l ON l.sensor_id = t.sensor_id"
+            " LEFT JOIN scoring_progress p ON p.stream = %(stream)s AND p.sensor_id = t.sensor_id"
+            " WHERE t.window_end <= w.max_event_time - %(lateness)s"
+            " AND (p.scored_until IS NULL OR t.window_end > p.scored_until)"
+            " ORDER BY t.window_end, t.sensor_id LIMIT %(limit)s"
+        ).format(
+            metrics=sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(m) for m in table.metrics),
+            extra=sql.SQL(table.extra_columns),
+            table=sql.Identifier(table.table),
+        )
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                query,
+                {
+                    "query": self.query_name,
+                    "stream": table.stream,
+                    "lateness": self.lateness,
+                    "limit": self.max_windows,
+                },
+            )
+            return cur.fetchall()
+
+    def _run(
+        self, conn: psycopg.Connection, table: WindowTable, rows: list[dict[str, Any]]
+    ) -> tuple[list[tuple], list[tuple], list[Observation], dict[str, datetime]]:
+        scores: list[tuple] = []
+        observations: list[Observation] = []
+        progress: dict[str, datetime] = {}
+        last_row: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            sensor, end = row["sensor_id"], row["window_end"]
+            place = {"city_id": row["city_id"], "sensor_id": sensor}
+            for rule_id, column in table.threshold_rules:
+                if row.get(column) is not None:
+                    detail = {"category": row["aqi_category"]} if rule_id == "aqi" else {}
+                    observations.append(
+                        Observation(
+                            rule_id, value=float(row[column]), at=end, detail=detail, **place
+                        )
+                    )
+            worst: tuple[float, str] | None = None
+            for metric in table.metrics:
+                value = row.get(metric)
+                if value is None:
+                    continue
+                detector = self._detector(conn, table, sensor, metric, end)
+                if (sensor, metric) in self._seen_until and self._seen_until[
+                    (sensor, metric)
+                ] >= end:
+                    continue  # already in the state it was loaded with
+                expected = detector.forecast(1) if detector.count else None
+                score = detector.update(row["window_start"], float(value))
+                self._seen_until[(sensor, metric)] = end
+                scores.append(
+                    (
+                        sensor,
+                        metric,
+                        row["window_start"],
+                        float(value),
+                        expected.mean[0] if expected else None,
+                        expected.lower[0] if expected else None,
+                        expected.upper[0] if expected else None,
+                        score,
+                        self.version,
+                    )
+                )
+                if worst is None or score > worst[0]:
+                    worst = (score, metric)
+            if worst is not None:
+                observations.append(
+                    Observation(
+                        "anomaly",
+                        value=worst[0],
+                        at=end,
+                        detail={"category": LABELS.get(worst[1], worst[1])},
+                        **place,
+                    )
+                )
+            progress[sensor] = max(progress.get(sensor, end), end)
+            last_row[sensor] = row
+        forecasts: list[tuple] = []
+        steps = max(1, int(timedelta(minutes=self.forecast_minutes) / table.width))
+        for sensor, row in last_row.items():
+            detector = self._detectors.get((sensor, table.forecast_metric))
+            if detector is None or detector.count < self.config.warmup:
+                continue  # too young to say where it is heading
+            ahead = detector.forecast(steps)
+            starts = [row["window_start"] + table.width * k for k in range(1, steps + 1)]
+            forecasts += [
+                (
+                    sensor,
+                    table.forecast_metric,
+                    row["window_end"],
+                    start,
+                    mean,
+                    low,
+                    high,
+                    self.version,
+                )
+                for start, mean, low, high in zip(
+                    starts, ahead.mean, ahead.lower, ahead.upper, strict=True
+                )
+            ]
+            observations.append(
+                Observation(
+                    table.forecast_rule,
+                    value=max(ahead.mean),
+                    at=row["window_end"],
+                    city_id=row["city_id"],
+                    sensor_id=sensor,
+                    detail={"horizon": _horizon(steps * table.width)},
+                )
+            )
+        return scores, forecasts, observations, progress
+
+    # ------------------------------------------------------------------ detector states
+    @property
+    def version(self) -> str:
+        return self._version or online_version(self.config)
+
+    def _detector(
+        self,
+        conn: psycopg.Connection,
+        table: WindowTable,
+        sensor: str,
+        metric: str,
+        end: datetime,
+    ) -> Detector:
+        key = (sensor, metric)
+        detector = self._detectors.get(key)
+        if detector is not None:
+            return detector
+        detector, seen_until = self._load(conn, sensor, metric)
+        self._detectors[key] = detector
+        if seen_until is not None:
+            self._seen_until[key] = seen_until
+            self._replay(conn, table, detector, sensor, metric, seen_until, end)
+        return detector
+
+    def _load(
+        self, conn: psycopg.Connection, sensor: str, metric: str
+    ) -> tuple[Detector, datetime | None]:
+        """The saved state of this version, else the registry's seed, else a fresh detector."""
+        row = conn.execute(
+            "SELECT state, scored_until FROM detector_state"
+            " WHERE sensor_id = %s AND metric = %s AND model_version = %s",
+            (sensor, metric, self.version),
+        ).fetchone()
+        if row is not None:
+            return Detector.from_bytes(bytes(row[0])), row[1]
+        if self._seeds is not None:
+            seed = self._seeds.get(sensor, metric)
+            if seed is not None:
+                return seed
+        return Detector(self.config), None
+
+    def _replay(
+        self,
+        conn: psycopg.Connection,
+        table: WindowTable,
+        detector: Detector,
+        sensor: str,
+        metric: str,
+        after: datetime,
+        before: datetime,
+    ) -> None:
+        """Feed the windows a loaded state has not seen (scored while it was not in memory)."""
+        query = sql.SQL(
+            "SELECT window_start, window_end, {metric} FROM {table} WHERE sensor_id = %s"
+            " AND window_end > %s AND window_end < %s AND {metric} IS NOT NULL"
+            " ORDER BY window_start"
+        ).format(metric=sql.Identifier(metric), table=sql.Identifier(table.table))
+        rows = conn.execute(query, (sensor, after, before)).fetchall()
+        for start, end, value in rows:
+            detector.update(start, float(value))
+            self._seen_until[(sensor, metric)] = end
+        if rows:
+            log.info(
+                "detector %s/%s: replayed %d windows after %s",
+                sensor,
+                metric,
+                len(rows),
+                after.isoformat(),
+            )
+
+    def checkpoint(self, conn: psycopg.Connection) -> int:
+        """Save every detector's state (with the newest window it has seen)."""
+        rows = [
+            (sensor, metric, self.version, detector.to_bytes(), self._seen_until[(sensor, metric)])
+            for (sensor, metric), detector in self._detectors.items()
+            if (sensor, metric) in self._seen_until
+        ]
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO detector_state (sensor_id, metric, model_version, state,"
+                " scored_until, updated_at) VALUES (%s, %s, %s, %s, %s, now())"
+                " ON CONFLICT (sensor_id, metric) DO UPDATE SET model_version ="
+                " excluded.model_version, state = excluded.state,"
+                " scored_until = excluded.scored_until, updated_at = now()",
+                rows,
+            )
+        self._saved_at = time.monotonic()
+        return len(rows)
+
+    def _follow_registry(self, conn: psycopg.Connection) -> None:
+        """Switch to the production model when a new one was promoted (checked every so often)."""
+        if time.monotonic() - self._checked_at < self.registry_check_s:
+            return
+        self._checked_at = time.monotonic()
+        current: ModelVersion | None = production(conn, FAMILY)
+        version = current.version if current else None
+        if version == self._version:
+            return
+        if self._detectors:
+            self.checkpoint(conn)
+        log.info("anomaly model: %s -> %s", self.version, version or online_version(self.config))
+        self._version = version
+        self._seeds = SeedStates.open(current) if current else None
+        self._detectors.clear()
+        self._seen_until.clear()
+
+
+def _horizon(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    return "the hour" if minutes == 60 else f"{minutes} minutes"
+
+
+def _write_scores(cur: psycopg.Cursor, rows: Sequence[tuple]) -> None:
+    cur.executemany(
+        "INSERT INTO anomaly_scores (sensor_id, metric, window_start, value, expected, lower,"
+        " upper, score, model_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (sensor_id, metric, window_start) DO UPDATE SET value = excluded.value,"
+        " expected = excluded.expected, lower = excluded.lower, upper = excluded.upper,"
+        " score = excluded.score, model_version = excluded.model_version",
+        rows,
+    )
+
+
+def _write_forecasts(cur: psycopg.Cursor, rows: Sequence[tuple]) -> None:
+    cur.executemany(
+        "INSERT INTO forecasts (sensor_id, metric, issued_at, target_start, expected, lower,"
+        " upper, model_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (sensor_id, metric, target_start) DO UPDATE SET issued_at ="
+        " excluded.issued_at, expected = excluded.expected, lower = excluded.lower,"
+        " upper = excluded.upper, model_version = excluded.model_version",
+        rows,
+    )
+
+
+def tables_for(event_types: Iterable[str]) -> tuple[WindowTable, ...]:
+    from cityos import events
+
+    found = []
+    if events.TRAFFIC in event_types:
+        found.append(TRAFFIC)
+    if events.AIR in event_types:
+        found.append(AIR)
+    return tuple(found)
