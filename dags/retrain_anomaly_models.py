@@ -1,0 +1,40 @@
+"""Daily retraining of the per-sensor anomaly models from the lake.
+
+``cityos.anomaly.retrain.retrain`` reads the lake for the data interval, trains candidate models,
+evaluates each against the production model on a held-out period, registers it and promotes it
+only if it is better; its summary (metrics, versions) is the task's return value (XCom).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+
+@dag(
+    dag_id="retrain_anomaly_models",
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    start_date=pendulum.datetime(2012, 1, 1, tz="UTC"),  # backfills of the replays (2012-17)
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=10)},
+    tags=["cityos", "anomaly", "ml"],
+    doc_md=__doc__,
+)
+def retrain_anomaly_models() -> None:
+    """Train, evaluate, register and (if better) promote the anomaly models of the interval."""
+
+    @task(execution_timeout=timedelta(hours=2))
+    def retrain(data_interval_start: datetime, data_interval_end: datetime) -> dict:
+        """Candidate models from the interval's lake data; promoted only when better."""
+        from cityos.anomaly.retrain import retrain as run_retrain
+        from cityos.settings import load_settings
+
+        return run_retrain(load_settings(), data_interval_start, data_interval_end)
+
+    retrain()  # type: ignore[call-arg]
+
+
+retrain_anomaly_models()
