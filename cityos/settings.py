@@ -141,6 +141,27 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(default=10.0, gt=0)  # one HTTP request / SMTP session
     notify_max_event_age_s: float | None = Field(default=None, gt=0)  # older `at`: 'skipped'
 
+    # lake and Airflow (streaming/lake.py, dags/, cityos/airflow.py)
+    lake_retention_days: int = Field(default=30, ge=1)  # raw lake dates older than this go
+    airflow_port: int = Field(default=8088, ge=1, le=65535)  # `cityos airflow standalone` UI/API
+    airflow_url: str | None = None  # an Airflow api-server for `cityos doctor`; None: not checked
+
+    # operations (cityos/metrics.py, streaming/supervisor.py, cityos/doctor.py)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus; None: off
+    metrics_host: str = "127.0.0.1"  # compose sets 0.0.0.0 inside its network
+    supervisor_max_failures: int = Field(default=5, ge=1)  # failures in the window -> alert
+    supervisor_window_s: float = Field(default=900.0, gt=0)
+    supervisor_backoff_s: float = Field(default=5.0, ge=0)  # first restart wait, doubling
+    supervisor_backoff_max_s: float = Field(default=300.0, ge=0)
+    supervisor_healthy_after_s: float = Field(default=300.0, gt=0)  # resets back-off, resolves
+
+    # Grafana (cityos/grafana, `cityos grafana push`)
+    grafana_url: str | None = None  # base URL of an existing Grafana
+    grafana_token: SecretStr | None = None  # a service-account token with editor rights
+    grafana_db_host: str | None = None  # host:port of PostgreSQL as Grafana reaches it
+    grafana_db_user: str = "grafana_reader"  # the read-only role dashboards query as
+    grafana_db_password: SecretStr | None = None  # that role's password; never the owner's
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_port(cls, value: str) -> str:

@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import Any
 
+from cityos import metrics
 from cityos.nlq.actions import Action, Applied
 from cityos.nlq.errors import NLQError
 from cityos.settings import Settings
@@ -63,9 +64,11 @@ class KafkaActuator:
                 future = self._producer.send(self.topic, key=change.key, value=change.encode())
                 meta = future.get(timeout=DELIVERY_TIMEOUT_S)
             except KafkaError as err:
+                metrics.ACTUATOR_SENDS.labels(change.kind, "error").inc()  # issue 6
                 raise ActuatorError(
                     f"the control topic {self.topic} did not take it: {err}"
                 ) from err
+        metrics.ACTUATOR_SENDS.labels(change.kind, "ok").inc()  # issue 6
         log.info(
             "%s of %s sent to %s[%d] offset=%d",
             change.kind,

@@ -35,10 +35,11 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, Field
 
+from cityos import metrics
 from cityos.db import psycopg_url
 from cityos.nlq.actions import (
     Action,
@@ -377,6 +378,9 @@ class Asker:
         )
         with self._state.pool.connection() as conn:
             record_ask(conn, record)
+        kind = str(reply.get("kind", "refusal"))  # issue 6: requests and latency by reply kind
+        metrics.NLQ_REQUESTS.labels(kind).inc()
+        metrics.NLQ_LATENCY.labels(kind).observe(record.latency_ms / 1000.0)
         return reply
 
     def _answer(self, ask: AskInput, principal: Principal) -> tuple[dict[str, Any], str | None]:
@@ -564,6 +568,15 @@ def create_app(
         return JSONResponse(
             body, status_code=status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE
         )
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus scrape (issue 6). No token, like /health: scrapers do not hold CityOS
+        tokens, and the exposition carries only counts by topic, query and reply kind (no
+        questions, names, tokens or URLs). Restrict it at the network (a reverse proxy that
+        does not forward /metrics), as is usual for a scrape endpoint."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     def _refused(_: Request, err: Exception) -> JSONResponse:
         code = next(code for kind, code in ERROR_STATUS if isinstance(err, kind))

@@ -29,6 +29,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from cityos import metrics
 from cityos.errors import CityOSError
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ class ControlLoop:
         self._clock = clock
         self.max_messages = max_messages
         self.stats = LoopStats()
+        self._approved_at: datetime | None = None
 
     @classmethod
     def from_settings(cls, controller: SignalController, settings: Any) -> ControlLoop:
@@ -296,13 +298,20 @@ class ControlLoop:
 
     def handle(self, change: ControlChange) -> str:
         """Apply one change and record it: 'applied', 'rolled_back', 'failed' or 'skipped'."""
+        result = self._handle(change)
+        metrics.record_confirmation(change.kind, result, self._approved_at)  # issue 6
+        return result
+
+    def _handle(self, change: ControlChange) -> str:
+        self._approved_at = None  # issue 6: for the approval -> confirmation histogram
         with self._connect() as conn, conn.transaction():
             action = _one(
                 conn,
-                "SELECT status, kind, intersection_id, params FROM actions WHERE action_id = %s"
-                " FOR UPDATE",
+                "SELECT status, kind, intersection_id, params, decided_at FROM actions"
+                " WHERE action_id = %s FOR UPDATE",
                 (change.action_id,),
             )
+            self._approved_at = action["decided_at"] if action else None
             if action is None or action["status"] not in AWAITING[change.kind]:
                 status = action["status"] if action else "unknown"
                 log.info(

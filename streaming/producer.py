@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from cityos import metrics
 from cityos.errors import CityOSError
 from cityos.events import encode, key_of, stamp_produced
 
@@ -44,14 +45,17 @@ class DeliveryStats:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
 
-    def ok(self) -> None:
+    def ok(self, topic: str | None = None) -> None:
         with self._lock:
             self.sent += 1
+        if topic is not None:  # issue 6: Prometheus counter per topic
+            metrics.PRODUCER_SENT.labels(topic).inc()
 
     def fail(self, topic: str, key: bytes | None, error: object) -> None:
         with self._lock:
             self.failed += 1
             self.last_error = str(error)
+        metrics.PRODUCER_FAILED.labels(topic).inc()  # issue 6: Prometheus counter per topic
         # the first failures in full, then every 1000th so a dead broker does not flood the log
         if self.failed <= 10 or self.failed % 1000 == 0:
             log.error("delivery to %s failed (key=%r, %d failures so far): %s",
@@ -106,7 +110,7 @@ class KafkaPythonProducer:
         except Exception as err:  # noqa: BLE001 - buffer full, too large, closed: count it
             self.stats.fail(topic, key, err)
             return
-        future.add_callback(lambda _meta: self.stats.ok())
+        future.add_callback(lambda _meta: self.stats.ok(topic))
         future.add_errback(lambda err: self.stats.fail(topic, key, err))
 
     def flush(self, timeout: float | None = None) -> None:
@@ -145,7 +149,7 @@ class ConfluentProducer:
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
-            self.stats.ok()
+            self.stats.ok(msg.topic())
         else:
             self.stats.fail(msg.topic(), msg.key(), err)
 

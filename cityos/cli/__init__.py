@@ -8,14 +8,20 @@ import typer
 
 from cityos.cli import (
     actions,
+    airflow,
     alerts,
+    anomaly,
     bench,
+    bench_alerts,
     bench_control,
+    bench_nab,
     bench_nlq,
     bench_whatif,
     db,
     demo,
+    doctor,
     geo,
+    grafana,
     jobs,
     nlq,
     nlq_eval,
@@ -37,9 +43,17 @@ jobs.register(streaming.app)
 bench.register(app)
 bench_nlq.register(bench.app)
 bench_control.register(bench.app)
+bench_alerts.register(bench.app)
+bench_nab.register(bench.app)
 bench_whatif.register(bench.app)
 actions.register(app)  # cityos actions list|show|rollback
 alerts.register(app)  # cityos alerts notify|deliveries
+anomaly.register(app)  # cityos anomaly retrain|models|promote
+grafana.register(app)  # cityos grafana build|push
+doctor.register(app)  # cityos doctor
+app.add_typer(
+    airflow.app, name="airflow", help="Airflow with the CityOS DAGs: standalone, test, migrate."
+)
 nlq.register(app)  # cityos token …, cityos nlq …, cityos ask
 nlq_train.register(nlq.nlq_app)
 nlq_eval.register(nlq.nlq_app)

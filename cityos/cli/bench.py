@@ -145,4 +145,6 @@ def publish(console: Console, table: Any, result: dict[str, Any], report: Path) 
 
 
 def register(parent: typer.Typer) -> None:
-    parent.add_typer(app, name="bench", help="Benchmarks (streaming, NL query, control, what-if).")
+    parent.add_typer(
+        app, name="bench", help="Benchmarks (streaming, NL query, control, what-if, alerts, NAB)."
+    )

@@ -8,6 +8,14 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add the job's commands to the `cityos stream` group (or any Typer app)."""
 
+    @app.command("supervise")
+    def supervise() -> None:
+        """Run the streaming job supervised: restarted from its checkpoints, alerted on."""
+        from cityos.settings import get_settings
+        from cityos.streaming.supervisor import main
+
+        main(get_settings())
+
     @app.command("run")
     def run(
         available_now: bool = typer.Option(
