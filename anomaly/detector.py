@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import zlib
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -219,6 +220,9 @@ class Detector:
     floor: float | None = None  # the cached scale floor (see _scale_floor)
     surprise_sum: float = 0.0  # running sums over `surprises`, for the likelihood
     surprise_sq: float = 0.0
+    # retrain when (count + phase) % train_every == 0: the detectors of a city's sensors, started
+    # together, then retrain at different points instead of all in the same micro-batch
+    phase: int = 0
 
     def __post_init__(self) -> None:
         c = self.config
@@ -350,7 +354,7 @@ class Detector:
         self._learn_seasonal(t, value)
         self.count += 1
         self.last_ts = t
-        if self.count % c.train_every == 0 and len(self.pairs_y) >= c.batch:
+        if (self.count + self.phase) % c.train_every == 0 and len(self.pairs_y) >= c.batch:
             self._retrain()
         return score
 
@@ -444,6 +448,7 @@ class Detector:
             "floor": self.floor,
             "surprise_sum": self.surprise_sum,
             "surprise_sq": self.surprise_sq,
+            "phase": self.phase,
         }
 
     @classmethod
@@ -472,6 +477,7 @@ class Detector:
             floor=state["floor"],
             surprise_sum=state["surprise_sum"],
             surprise_sq=state["surprise_sq"],
+            phase=state.get("phase", 0),
         )
 
     def to_bytes(self) -> bytes:
@@ -480,6 +486,11 @@ class Detector:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Detector:
         return cls.from_state(json.loads(raw))
+
+
+def phase_for(series: str, config: DetectorConfig) -> int:
+    """A stable retraining offset for a named series (see ``Detector.phase``)."""
+    return zlib.crc32(series.encode()) % config.train_every
 
 
 def _erfinv(p: float) -> float:

@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cityos.anomaly.detector import Detector, DetectorConfig
+from cityos.anomaly.detector import Detector, DetectorConfig, phase_for
 from cityos.anomaly.registry import (
     SeedStates,
     production,
@@ -177,7 +177,7 @@ def retrain(
             test = [p for p in points if p[0] >= split]
             scale = _step_scale(train or points)
             t0 = time.process_time()
-            detector = Detector(config)
+            detector = Detector(config, phase=phase_for(f"{sensor}/{metric}", config))
             _learn(detector, train)
             train_seconds += time.process_time() - t0
             errors, flags = _holdout(detector, test)

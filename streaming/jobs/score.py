@@ -32,7 +32,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from cityos.alerting.engine import AlertEngine, Observation
-from cityos.anomaly.detector import Detector, DetectorConfig
+from cityos.anomaly.detector import Detector, DetectorConfig, phase_for
 from cityos.anomaly.registry import ModelVersion, SeedStates, production
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ class Scorer:
             seed = self._seeds.get(sensor, metric)
             if seed is not None:
                 return seed
-        return Detector(self.config), None
+        return Detector(self.config, phase=phase_for(f"{sensor}/{metric}", self.config)), None
 
     def _replay(
         self,
