@@ -414,4 +414,7 @@ class OutboxPublisher:
         return len(delivered)
 
     def close(self) -> None:
-        self._producer.flush(self._timeout_s)
+        """Deliver what is queued, then drop the client (its connections close with it)."""
+        if self._producer is not None:
+            self._producer.flush(self._timeout_s)
+            self._producer = None

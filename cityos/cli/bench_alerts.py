@@ -53,6 +53,7 @@ def bench_alerts(
 ) -> None:
     """Event -> alert row latency (p50/p95) on a live replay of Beijing's winter air."""
     from cityos.cli.bench import publish
+    from cityos.cli.bench_control import _drop_schema
     from cityos.cli.bench_nlq import latency
     from cityos.cli.nlq_eval import stack_settings
     from cityos.db import connect, migrate
@@ -227,15 +228,6 @@ def _latencies(settings: Any, schema: str, lateness: timedelta) -> tuple[list[fl
         produced = closing["kafka_timestamp"].iloc[0].to_pydatetime()
         samples.append((written - produced).total_seconds() * 1000)
     return samples, len(firing)
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    from psycopg import sql
-
-    from cityos.db import connect
-
-    with connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def _table(result: dict[str, Any]) -> Table:

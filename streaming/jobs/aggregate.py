@@ -325,7 +325,10 @@ class TopicJob:
                      summary.forecasts, summary.alert_events, published)
 
     def close(self) -> None:
-        """Save the detectors' states (called when the query stops)."""
+        """Save the detectors' states and close the alert publisher (when the query stops)."""
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
         if self.scorer is None:
             return
         s = self.settings

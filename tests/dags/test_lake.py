@@ -13,6 +13,7 @@ import pytest
 
 from cityos.streaming import lake
 from tests.dags.realdata import air_events, lake_rows, write_batch, write_day
+from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession
 
 DAY = datetime(2014, 1, 15, tzinfo=UTC)
 
@@ -174,20 +175,15 @@ def test_spark_int96_timestamps_come_back_as_utc_microseconds(tmp_path: Path) ->
 
 
 @pytest.mark.integration
-def test_spark_reads_a_compacted_lake_as_it_read_the_batches(tmp_path: Path) -> None:
-    """The streaming job's own writer (write_lake) makes the batches; Spark reads both states."""
-    from pyspark.sql import SparkSession
+def test_spark_reads_a_compacted_lake_as_it_read_the_batches(tmp_path: Path, spark) -> None:  # noqa: F811
+    """The streaming job's own writer (write_lake) makes the batches; Spark reads both states.
+
+    The session is the run's shared one (``tests/jobs/conftest.py``, with the project's jars):
+    a session of its own would be the one every later test's ``getOrCreate`` returns."""
     from pyspark.sql import functions as F
 
     from cityos.streaming.jobs.sinks import write_lake
 
-    spark = (
-        SparkSession.builder.master("local[1]")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .getOrCreate()
-    )
     rows = lake_rows(air_events(DAY, DAY + timedelta(days=1)), "environment")
     frame = spark.createDataFrame(pd_frame(rows))
     topic_dir = tmp_path / "environment"
