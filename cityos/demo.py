@@ -65,7 +65,8 @@ Say = Callable[[str], None]
 # watermarks would otherwise judge late.
 STREAM_TABLES = ["traffic_5m", "air_quality_1h", "traffic_5m_acc", "air_quality_1h_acc",
                  "stream_commits", "sensor_watermarks", "scoring_progress", "anomaly_scores",
-                 "forecasts", "detector_state", "alert_state", "alert_outbox", "alerts"]
+                 "forecasts", "detector_state", "alert_state", "alert_outbox", "alerts",
+                 "model_registry"]  # models trained on earlier runs' data go with it
 
 
 def reset_streams(settings: Settings, say: Say) -> None:
@@ -86,12 +87,12 @@ def reset_streams(settings: Settings, say: Say) -> None:
             time.sleep(0.2)
     ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.kafka_partitions,
                   retention_ms=settings.kafka_retention_hours * 3600 * 1000)
-    for folder in (settings.state_dir / "checkpoints", settings.lake_dir):
+    for folder in (settings.state_dir / "checkpoints", settings.lake_dir, settings.model_dir):
         shutil.rmtree(folder, ignore_errors=True)  # type: ignore[arg-type]
     with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
         conn.execute(sql.SQL("TRUNCATE {}").format(
             sql.SQL(", ").join(map(sql.Identifier, STREAM_TABLES))))
-    say("cleared the streams of earlier runs (topics, checkpoints, lake, streamed tables)")
+    say("cleared the streams of earlier runs (topics, checkpoints, lake, streamed tables, models)")
 
 
 def register(settings: Settings, say: Say) -> Any:
