@@ -10,8 +10,8 @@ processed), the streaming queries (recent ``stream_commits``; a supervisor alert
 freshness and silent sensors, Airflow, disk space, the models (NL-query model folder, the anomaly
 model in production). A check that cannot run because what it needs is down says so (warn,
 "not checked") instead of repeating the same failure. A check never raises: an unexpected error
-is itself a finding, so the doctor always answers. The NL-query service can call
-:func:`diagnose` and :func:`summary` to answer "is the pipeline healthy?".
+is itself a finding, so the doctor always answers. The NL-query service calls :func:`diagnose`
+and :func:`summary` to answer "is the pipeline healthy?" (``cityos.nlq.health``).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -236,6 +236,21 @@ def _first_line(exc: BaseException) -> str:
     return line[:500]
 
 
+@dataclass(frozen=True)
+class RowsView:
+    """A small table of strings from this process, offered to one statement as a temp view."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | None, ...], ...]
+
+    def register(self, spark: SparkSession) -> None:
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        schema = StructType([StructField(c, StringType(), True) for c in self.columns])
+        spark.createDataFrame(list(self.rows), schema).createOrReplaceTempView(self.name)
+
+
 class SparkExecutor:
     """The serving tables as Spark temp views over PostgreSQL; ``run`` one guarded SELECT."""
 
@@ -312,13 +327,25 @@ class SparkExecutor:
         return columns
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, sql: str, max_rows: int, timeout_s: float) -> Result:
-        """Guard, run within ``timeout_s`` seconds, and return at most ``max_rows`` rows."""
-        checked = check_sql(sql, self._allowed, max_rows)  # SQLValidationError: nothing runs
+    def run(
+        self, sql: str, max_rows: int, timeout_s: float, *, extra: Sequence[RowsView] = ()
+    ) -> Result:
+        """Guard, run within ``timeout_s`` seconds, and return at most ``max_rows`` rows.
+
+        ``extra`` adds views made from rows in this process (the doctor's findings), readable by
+        this one statement besides the serving tables; they are dropped after it."""
+        allowed = {**self._allowed, **{v.name: frozenset(v.columns) for v in extra}}
+        checked = check_sql(sql, allowed, max_rows)  # SQLValidationError: nothing runs
         with self._lock:
-            started = time.perf_counter()
-            frame, rows = self._collect(checked, timeout_s)
-            elapsed_ms = (time.perf_counter() - started) * 1000
+            for view in extra:
+                view.register(self.spark)
+            try:
+                started = time.perf_counter()
+                frame, rows = self._collect(checked, timeout_s)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+            finally:
+                for view in extra:
+                    self.spark.catalog.dropTempView(view.name)
         fields = frame.schema.fields
         ntz = [_is_ntz(f.dataType) for f in fields]
         json_rows = [[to_json_scalar(v, ntz[i]) for i, v in enumerate(row)] for row in rows]

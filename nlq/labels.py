@@ -23,6 +23,7 @@ INTENTS = (
     "modify_data",  # asks to write, delete or change data: refused
     "restricted",  # asks for what is not in the serving tables (tokens, users, audit): refused
     "out_of_scope",  # not about the city's data
+    "health",  # is the platform itself working: pipeline, broker, jobs, freshness (the doctor)
 )
 
 SLOTS = (

@@ -10,6 +10,9 @@ execution (the benchmark times it). Order of work:
 4. the plan compiled to Spark SQL by code (``compile``, ``lookups``), checked by the
    parser-level guard and run by the executor (Spark over the serving tables);
 5. a sentence for a person, and the interpretation (metric, place, time range) it rests on.
+
+"Is the pipeline healthy?" (intent ``health``) skips 4: the doctor's checks run, and their
+findings are the rows of a Spark SQL statement over them (``cityos.nlq.health``).
 """
 
 from __future__ import annotations
@@ -18,22 +21,25 @@ import logging
 import re
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cityos.nlq import lexicon
+from cityos.nlq import health, lexicon
 from cityos.nlq.catalog import Catalog
 from cityos.nlq.compile import build
 from cityos.nlq.errors import NLQError
 from cityos.nlq.guard import SERVING_TABLES, check_sql
+from cityos.nlq.health import HealthQuestion
 from cityos.nlq.model import JointModel
 from cityos.nlq.plan import Aggregation, GroupBy, QueryPlan
 from cityos.nlq.reply import Answer, Clarification, Refusal, Reply
 from cityos.nlq.understand import Interpreter, Understood
 
 if TYPE_CHECKING:
+    from cityos.nlq.execute import RowsView
     from cityos.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,9 @@ SQL_TYPED = re.compile(
 
 
 class Executor(Protocol):
-    def run(self, sql: str, max_rows: int, timeout_s: float) -> Any: ...
+    def run(
+        self, sql: str, max_rows: int, timeout_s: float, *, extra: Sequence[RowsView] = ()
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,14 @@ def check_question(question: object, max_chars: int = MAX_QUESTION_CHARS) -> Ref
     return None
 
 
+def doctor_for(settings: Settings) -> health.Diagnose:
+    """``cityos doctor``'s checks for this service's settings (Airflow's API included when
+    ``airflow_url`` is set)."""
+    from cityos.doctor import diagnose
+
+    return lambda: diagnose(settings, airflow_url=settings.airflow_url)
+
+
 class NLQPipeline:
     def __init__(
         self,
@@ -96,8 +112,10 @@ class NLQPipeline:
         catalog: Catalog,
         executor: Executor | None,
         model_dir: Path | None = None,
+        diagnose: health.Diagnose | None = None,
     ) -> None:
         self.model = model
+        self.diagnose = diagnose
         self.catalog = catalog
         self.executor = executor
         self.model_dir = model_dir
@@ -120,7 +138,27 @@ class NLQPipeline:
             spark = SparkExecutor(settings)
             spark.warm()
             executor = spark
-        return cls(model, catalog, executor, folder)
+        return cls(model, catalog, executor, folder, diagnose=doctor_for(settings))
+
+    def _health(self, question: HealthQuestion) -> Reply:
+        """The doctor's findings as rows of Spark SQL over them (``cityos.nlq.health``)."""
+        if self.diagnose is None or self.executor is None:
+            return Refusal(
+                "I cannot check the platform from here: this service has no diagnosis configured.",
+                "no doctor configured for the NL-query pipeline",
+            )
+        findings = self.diagnose()
+        sql = health.query(question.focus)
+        result = self.executor.run(sql, MAX_ROWS, QUERY_TIMEOUT_S, extra=[health.view(findings)])
+        return Answer(
+            sql=result.sql,
+            columns=list(result.columns),
+            rows=[list(r) for r in result.rows],
+            answer=health.sentence(findings, question.focus),
+            interpretation=health.interpretation(question.focus),
+            shape="table",
+            places=[],
+        )
 
     # --- the two entry points ------------------------------------------------------------------
 
@@ -159,6 +197,8 @@ class NLQPipeline:
             return got.reply
         if got.action is not None:
             return got.action
+        if got.health is not None:
+            return self._health(got.health)
         if u.sql is None:
             return Refusal("I could not turn that into a query.", "no query for this question")
         guarded = check_sql(u.sql, SERVING_TABLES, MAX_ROWS)

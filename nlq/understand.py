@@ -20,6 +20,7 @@ from cityos.nlq import lexicon
 from cityos.nlq.catalog import Catalog, Phase
 from cityos.nlq.errors import NLQError, TimeExpressionError
 from cityos.nlq.gazetteer import Match, fold
+from cityos.nlq.health import HealthQuestion, focus_of
 from cityos.nlq.model import Prediction
 from cityos.nlq.plan import (
     Aggregation,
@@ -102,6 +103,7 @@ class Understood:
     lookup: Lookup | None = None
     action: ActionDraft | None = None
     reply: Clarification | Refusal | None = None
+    health: HealthQuestion | None = None  # "is the pipeline healthy?": the doctor answers
     places: list[Place] = field(default_factory=list)
     time: TimeRange | None = None
     timezone: str = "UTC"
@@ -186,6 +188,11 @@ class Interpreter:
             "speed in Nippes right now?'",
             "the question is not about the city's data",
         )
+
+    # --- the platform itself ------------------------------------------------------------------
+
+    def _health(self, s: _Slots, as_of: datetime) -> Understood:
+        return Understood("health", health=HealthQuestion(focus_of(s.question)))
 
     # --- places and time -----------------------------------------------------------------------
 
