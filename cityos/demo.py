@@ -65,8 +65,8 @@ Say = Callable[[str], None]
 # watermarks would otherwise judge late.
 STREAM_TABLES = ["traffic_5m", "air_quality_1h", "traffic_5m_acc", "air_quality_1h_acc",
                  "stream_commits", "sensor_watermarks", "scoring_progress", "anomaly_scores",
-                 "forecasts", "detector_state", "alert_state", "alert_outbox", "alerts",
-                 "model_registry"]  # models trained on earlier runs' data go with it
+                 "forecasts", "zone_forecasts", "detector_state", "alert_state", "alert_outbox",
+                 "alerts", "model_registry"]  # models trained on earlier runs' data go with it
 
 
 def reset_streams(settings: Settings, say: Say) -> None:
@@ -210,8 +210,9 @@ def summarise(settings: Settings, report: DemoReport) -> None:
         report.alerts = conn.execute(ALERTS).fetchall()
         report.alert_counts = dict(
             conn.execute("SELECT status, count(*) FROM alerts GROUP BY status").fetchall())
-        report.scored = dict(zip(("anomaly scores", "forecasts"), conn.execute(
-            "SELECT (SELECT count(*) FROM anomaly_scores), (SELECT count(*) FROM forecasts)"
+        report.scored = dict(zip(("anomaly scores", "forecasts", "zone forecasts"), conn.execute(
+            "SELECT (SELECT count(*) FROM anomaly_scores), (SELECT count(*) FROM forecasts),"
+            " (SELECT count(*) FROM zone_forecasts)"
         ).fetchone(), strict=True))
     report.dead_letters = dead_letter_counts(settings)
 

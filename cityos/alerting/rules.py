@@ -49,6 +49,7 @@ class Rule:
     severity: str
     message: str
     by_sensor_kind: dict[str, Levels] = field(default_factory=dict)
+    min_sensors: int = 1  # zone rules: only zones with at least this many sensors are judged
 
     def levels_for(self, sensor_kind: str | None) -> Levels:
         return self.by_sensor_kind.get(sensor_kind or "", self.levels)
@@ -108,9 +109,9 @@ def parse_rule(raw: dict[str, Any]) -> Rule:
     if raw.get("severity") not in SEVERITIES:
         raise RuleError(f"rule {rule_id!r}: severity must be one of {SEVERITIES}")
     counts = {}
-    for name in ("fire_after", "clear_after"):
-        value = raw.get(name)
-        if not isinstance(value, int) or value < 1:
+    for name, default in (("fire_after", None), ("clear_after", None), ("min_sensors", 1)):
+        value = raw.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise RuleError(f"rule {rule_id!r}: {name} must be a whole number >= 1")
         counts[name] = value
     for name in ("metric", "message"):

@@ -1,14 +1,23 @@
 """The score stage of the streaming job: closed windows -> anomaly scores, forecasts, alerts.
 
     closed_windows -> detectors (per sensor and metric) -> anomaly_scores, forecasts
-                   -> observations (thresholds, anomaly score, forecast) -> AlertEngine -> alerts
+                   -> zone_forecasts (the sensors' forecasts combined per zone)
+                   -> observations (thresholds, anomaly score, forecasts of sensors and zones)
+                   -> AlertEngine -> alerts
 
 A window is closed once its sensor's watermark (newest merged event time minus the allowed
 lateness) has passed its end: no later event can change it, since later ones go to the
 dead-letter topic as late. After each merged micro-batch the job scores the windows closed since
 the last time (``scoring_progress``), oldest first, in one transaction with their alerts, so a
-crash replays at most a batch of scoring, and replays are harmless (scores are upserts, the alert
-engine ignores observations it has applied).
+crash replays at most a batch of scoring, and replays are harmless (scores and forecasts are
+upserts, the alert engine ignores observations it has applied).
+
+A zone's forecast of a target window is the mean of its sensors' newest forecasts of that window
+(its sensors: those whose zone is it or one of its sub-zones); its interval is the mean of their
+bounds, which is the interval of the mean when the sensors' errors move together and wider than
+it otherwise (neighbouring sensors share weather and traffic: a conservative choice). The zone
+rules (``*_forecast_zone``) judge the highest zone forecast over the horizon, for zones with at
+least the rule's ``min_sensors`` sensors (a zone of one sensor would repeat its sensor's alert).
 
 Detectors are online (``anomaly/detector.py``): their state lives in memory and is checkpointed
 to ``detector_state`` every ``checkpoint_s``; after a restart a sensor's state is reloaded and the
@@ -46,10 +55,12 @@ class WindowTable:
 
     stream: str  # key in scoring_progress
     table: str
+    sensor_kind: str  # sensors.kind of its sensors
     width: timedelta
     metrics: tuple[str, ...]  # one detector per sensor and metric
     forecast_metric: str
     forecast_rule: str
+    zone_forecast_rule: str
     threshold_rules: tuple[tuple[str, str], ...]  # (rule id, column of the window row)
     extra_columns: str = ""
 
@@ -57,20 +68,24 @@ class WindowTable:
 TRAFFIC = WindowTable(
     stream="traffic",
     table="traffic_5m",
+    sensor_kind="traffic",
     width=timedelta(minutes=5),
     metrics=("vehicle_count", "avg_speed_kmh", "occupancy", "congestion_index"),
     forecast_metric="congestion_index",
     forecast_rule="congestion_forecast",
+    zone_forecast_rule="congestion_forecast_zone",
     threshold_rules=(("congestion", "congestion_index"), ("speed_drop", "speed_ratio")),
     extra_columns=", t.avg_speed_kmh / coalesce(l.speed_limit_kmh, 50.0) AS speed_ratio",
 )
 AIR = WindowTable(
     stream="air",
     table="air_quality_1h",
+    sensor_kind="air_quality",
     width=timedelta(hours=1),
     metrics=("pm25", "pm10", "no2", "o3", "aqi"),
     forecast_metric="pm25",
     forecast_rule="pm25_forecast",
+    zone_forecast_rule="pm25_forecast_zone",
     threshold_rules=(("aqi", "aqi"),),
     extra_columns=", t.aqi_category",
 )
@@ -92,6 +107,7 @@ class ScoreSummary:
     windows: int = 0
     scores: int = 0
     forecasts: int = 0
+    zone_forecasts: int = 0
     alert_events: int = 0
 
 
@@ -144,6 +160,9 @@ class Scorer:
             with conn.transaction(), conn.cursor() as cur:
                 _write_scores(cur, scores)
                 _write_forecasts(cur, forecasts)
+                zones = _zones(cur, table.sensor_kind) if forecasts else {}
+                zone_rows = _write_zone_forecasts(cur, table, zones, forecasts)
+                observations += self._zone_observations(cur, table, zones, forecasts)
                 events = self.engine.observe(conn, observations, now)
                 cur.executemany(
                     "INSERT INTO scoring_progress (stream, sensor_id, scored_until)"
@@ -154,6 +173,7 @@ class Scorer:
                 )
             summary.scores += len(scores)
             summary.forecasts += len(forecasts)
+            summary.zone_forecasts += zone_rows
             summary.alert_events += len(events)
         if time.monotonic() - self._saved_at >= self.checkpoint_s:
             self.checkpoint(conn)
@@ -280,6 +300,53 @@ class Scorer:
             )
         return scores, forecasts, observations, progress
 
+    def _zone_observations(
+        self,
+        cur: psycopg.Cursor,
+        table: WindowTable,
+        zones: dict[str, Zone],
+        forecasts: Sequence[tuple],
+    ) -> list[Observation]:
+        """The zone rule's observations: per zone with a sensor that forecast in this batch,
+        the highest zone forecast over the horizon from that sensor's newest forecast on."""
+        rule = self.engine.rules.get(table.zone_forecast_rule)
+        if rule is None or not forecasts:
+            return []  # a rules file without zone rules: zone forecasts are kept, not alerted
+        issued: dict[str, datetime] = {}
+        for sensor, _, issued_at, *_ in forecasts:
+            issued[sensor] = max(issued.get(sensor, issued_at), issued_at)
+        since: dict[str, datetime] = {}
+        for zone_id, zone in zones.items():
+            ats = [issued[s] for s in zone.sensors if s in issued]
+            if ats and len(zone.sensors) >= rule.min_sensors:
+                since[zone_id] = max(ats)
+        if not since:
+            return []
+        steps = max(1, int(timedelta(minutes=self.forecast_minutes) / table.width))
+        cur.execute(
+            "SELECT DISTINCT ON (a.zone_id) a.zone_id, a.at, z.expected, z.sensors"
+            " FROM unnest(%s::text[], %s::timestamptz[]) AS a(zone_id, at)"
+            " JOIN zone_forecasts z ON z.zone_id = a.zone_id AND z.metric = %s"
+            " AND z.target_start >= a.at AND z.target_start < a.at + %s"
+            " ORDER BY a.zone_id, z.expected DESC, z.target_start",
+            (list(since), list(since.values()), table.forecast_metric, steps * table.width),
+        )
+        return [
+            Observation(
+                rule.id,
+                value=expected,
+                at=at,
+                city_id=zones[zone_id].city_id,
+                zone_id=zone_id,
+                detail={
+                    "horizon": _horizon(steps * table.width),
+                    "sensors": f"{sensors} sensor{'s' if sensors != 1 else ''}",
+                    "level": zones[zone_id].level,
+                },
+            )
+            for zone_id, at, expected, sensors in cur.fetchall()
+        ]
+
     # ------------------------------------------------------------------ detector states
     @property
     def version(self) -> str:
@@ -385,6 +452,72 @@ class Scorer:
         self._seeds = SeedStates.open(current) if current else None
         self._detectors.clear()
         self._seen_until.clear()
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A zone and the sensors (of one kind) in it or in its sub-zones."""
+
+    city_id: str
+    level: str
+    sensors: frozenset[str]
+
+
+def _zones(cur: psycopg.Cursor, sensor_kind: str) -> dict[str, Zone]:
+    """Every zone with sensors of this kind: a sensor is in its zone and that zone's ancestors."""
+    cur.execute(
+        "WITH RECURSIVE up (sensor_id, zone_id) AS ("
+        " SELECT sensor_id, zone_id FROM sensors WHERE kind = %s AND zone_id IS NOT NULL"
+        " UNION"  # not UNION ALL: a cycle of parents ends instead of looping
+        " SELECT up.sensor_id, z.parent_zone_id FROM up JOIN zones z ON z.zone_id = up.zone_id"
+        " WHERE z.parent_zone_id IS NOT NULL)"
+        " SELECT z.zone_id, z.city_id, z.level, array_agg(up.sensor_id)"
+        " FROM up JOIN zones z ON z.zone_id = up.zone_id GROUP BY z.zone_id, z.city_id, z.level",
+        (sensor_kind,),
+    )
+    return {
+        zone_id: Zone(city_id, level, frozenset(sensors))
+        for zone_id, city_id, level, sensors in cur.fetchall()
+    }
+
+
+def _write_zone_forecasts(
+    cur: psycopg.Cursor, table: WindowTable, zones: dict[str, Zone], forecasts: Sequence[tuple]
+) -> int:
+    """Recompute, from ``forecasts``, the zone forecasts of the targets this batch forecast in
+    the zones of the sensors that forecast them; the number of zone rows written."""
+    sensors = {row[0] for row in forecasts}
+    members = [
+        (zone_id, sensor)
+        for zone_id, zone in zones.items()
+        if zone.sensors & sensors
+        for sensor in sorted(zone.sensors)
+    ]
+    if not members:
+        return 0
+    zone_ids, sensor_ids = zip(*members, strict=True)
+    cur.execute(
+        "INSERT INTO zone_forecasts (zone_id, metric, target_start, issued_at, expected, lower,"
+        " upper, sensors, model_version)"
+        " SELECT m.zone_id, f.metric, f.target_start, max(f.issued_at), avg(f.expected),"
+        " avg(f.lower), avg(f.upper), count(*),"
+        " string_agg(DISTINCT f.model_version, ',' ORDER BY f.model_version)"
+        " FROM unnest(%s::text[], %s::text[]) AS m(zone_id, sensor_id)"
+        " JOIN forecasts f ON f.sensor_id = m.sensor_id"
+        " WHERE f.metric = %s AND f.target_start = ANY(%s)"
+        " GROUP BY m.zone_id, f.metric, f.target_start"
+        " ON CONFLICT (zone_id, metric, target_start) DO UPDATE SET"
+        " issued_at = excluded.issued_at, expected = excluded.expected,"
+        " lower = excluded.lower, upper = excluded.upper, sensors = excluded.sensors,"
+        " model_version = excluded.model_version",
+        (
+            list(zone_ids),
+            list(sensor_ids),
+            table.forecast_metric,
+            sorted({row[3] for row in forecasts}),
+        ),
+    )
+    return cur.rowcount
 
 
 def _horizon(span: timedelta) -> str:

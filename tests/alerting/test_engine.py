@@ -36,6 +36,16 @@ def test_the_packaged_rules_load_and_judge_with_hysteresis() -> None:
     assert offline.judge(20, "traffic") is Verdict.BREACH
     assert offline.judge(100, "air_quality") is Verdict.BAND
     assert offline.judge(200, "air_quality") is Verdict.BREACH
+    # zone predictive rules: judged like their sensor rules, only for zones of 2+ sensors
+    for zone_rule, sensor_rule in (
+        ("pm25_forecast_zone", "pm25_forecast"),
+        ("congestion_forecast_zone", "congestion_forecast"),
+    ):
+        zone, sensor = rules[zone_rule], rules[sensor_rule]
+        assert (zone.kind, zone.metric, zone.levels) == (sensor.kind, sensor.metric, sensor.levels)
+        assert zone.min_sensors == 2 and sensor.min_sensors == 1
+    assert rules["pm25_forecast_zone"].judge(150) is Verdict.BREACH
+    assert rules["pm25_forecast_zone"].judge(130) is Verdict.BAND
 
 
 @pytest.mark.parametrize(
@@ -51,6 +61,11 @@ def test_the_packaged_rules_load_and_judge_with_hysteresis() -> None:
             'id = "x"\nkind = "congestion"\nop = ">="\nseverity = "warning"\nfire_after = 1\n'
             'clear_after = 1\nmetric = "m"\nmessage = "m"\nthreshold = 1\nclear = 2',
             "clear",
+        ),
+        (
+            'id = "x"\nkind = "congestion"\nop = ">="\nseverity = "warning"\nfire_after = 1\n'
+            "clear_after = 1\nmin_sensors = 0",
+            "min_sensors",
         ),
     ],
 )
