@@ -3,10 +3,12 @@
 Called by the ``retrain_anomaly_models`` DAG (and ``cityos anomaly retrain``). For the interval
 ``[start, end)``:
 
-1. the closed windows of every sensor over ``lookback`` up to the interval's end are read from
-   the serving tables — the very numbers the
-   streaming scorer sees, computed by the streaming job from the raw events that the lake keeps;
-   the last ``holdout`` of the interval is held out;
+1. the closed windows of every sensor over ``lookback`` up to the interval's end are computed from
+   the lake's raw events (``streaming/lake_windows.py``: the streaming job's own window, merge and
+   AQI code over the events of those dates, so they are the numbers the streaming scorer sees in
+   the serving tables); a lake with no events of the interval itself fails the run, naming the
+   folder and the interval (Airflow retries; the streaming job may be behind). The last
+   ``holdout`` of the interval is held out;
 2. a **candidate** detector per sensor and metric learns the training part; the **production**
    model's detectors (when there is one) are brought up to the same point from their own state;
 3. both score the held-out windows as a stream (one-step forecasts before each point). The
@@ -17,7 +19,8 @@ Called by the ``retrain_anomaly_models`` DAG (and ``cityos anomaly retrain``). F
    only if its MASE beats production's (or nothing is in production).
 
 Same interval, same version name: a rerun or a backfill overwrites its own version and changes
-nothing else, so the task is idempotent.
+nothing else, so the task is idempotent. A backfill reaches as far back as the lake keeps dates
+(``lake_retention_days``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -44,6 +47,11 @@ from cityos.anomaly.registry import (
     set_status,
 )
 from cityos.db import connect
+from cityos.streaming.lake_windows import LakeDataMissing, lake_serving
+from cityos.topics import Topics
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +95,8 @@ class HoldoutScore:
 
 
 def read_series(conn: psycopg.Connection, start: datetime, end: datetime) -> Series:
-    """Every sensor's closed windows with window_start in [start, end), per (sensor, metric)."""
+    """Every sensor's closed windows with window_start in [start, end), per (sensor, metric),
+    from the serving tables the connection sees (the lake's, inside :func:`lake_serving`)."""
     series: Series = defaultdict(list)
     for table, metrics in SERIES:
         query = sql.SQL(
@@ -101,7 +110,69 @@ def read_series(conn: psycopg.Connection, start: datetime, end: datetime) -> Ser
             for metric, value in zip(metrics, values, strict=True):
                 if value is not None:
                     series[(sensor, metric)].append((w_start, w_end, float(value)))
-    return series
+    return dict(series)
+
+
+def read_lake_series(
+    conn: psycopg.Connection,
+    spark: SparkSession,
+    settings: Any,
+    start: datetime,
+    end: datetime,
+) -> tuple[Series, dict[str, Any]]:
+    """:func:`read_series` of the windows computed from the lake's events of ``[start, end)``;
+    with a summary of the read (files, windows per table, seconds)."""
+    topics = Topics(settings.topic_prefix)
+    with lake_serving(conn, spark, settings.lake_dir, topics, start, end) as read:
+        began = time.monotonic()
+        series = read_series(conn, start, end)
+        read.seconds["query"] = time.monotonic() - began
+    return series, read.summary()
+
+
+def _spark(settings: Any) -> SparkSession:
+    """The process's SparkSession (a running one is reused: tests, a scheduler's worker)."""
+    from cityos.streaming.spark import spark_session
+
+    return spark_session(settings, "cityos-retrain")
+
+
+def bench_read(
+    settings: Any, start: datetime, end: datetime, spark: SparkSession | None = None
+) -> dict[str, Any]:
+    """Seconds to read the training windows of ``[start, end)``: from the lake (Spark start
+    apart) and from the serving tables, and whether both gave the same series."""
+    began = time.monotonic()
+    spark = spark or _spark(settings)
+    spark_start = time.monotonic() - began
+    url = settings.database_url.get_secret_value()
+    with connect(url, settings.database_schema, autocommit=True) as conn:
+        began = time.monotonic()
+        serving = read_series(conn, start, end)
+        pg_s = time.monotonic() - began
+        began = time.monotonic()
+        from_lake, read = read_lake_series(conn, spark, settings, start, end)
+        lake_s = time.monotonic() - began
+    same = serving.keys() == from_lake.keys() and all(
+        len(a) == len(b)
+        and all(
+            (p[0], p[1]) == (q[0], q[1]) and math.isclose(p[2], q[2], rel_tol=1e-9, abs_tol=1e-9)
+            for p, q in zip(a, b, strict=True)
+        )
+        for key in serving
+        for a, b in [(serving[key], from_lake[key])]
+    )
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "series": len(serving),
+        "points": sum(map(len, serving.values())),
+        "postgres_s": round(pg_s, 3),
+        "lake_s": round(lake_s, 3),
+        "spark_start_s": round(spark_start, 3),
+        "lake": read,
+        "same_series": same,
+    }
 
 
 def model_version(config: DetectorConfig, end: datetime) -> str:
@@ -139,34 +210,41 @@ def retrain(
     holdout: timedelta = timedelta(days=1),
     lookback: timedelta = timedelta(days=14),
     config: DetectorConfig | None = None,
+    spark: SparkSession | None = None,
 ) -> dict[str, Any]:
     """Train on the ``lookback`` up to the interval's end (the DAG's interval is a day; a
     detector wants weeks of a sensor's life), evaluate, register and maybe promote; returns a
-    summary of what happened."""
+    summary of what happened. The windows come from the lake (``settings.lake_dir``);
+    :class:`LakeDataMissing` when it holds none of ``[interval_start, interval_end)``."""
     config = config or DetectorConfig()
-    interval_start = min(interval_start, interval_end - lookback)
-    if interval_end - interval_start <= holdout:
+    data_start = min(interval_start, interval_end - lookback)
+    if interval_end - data_start <= holdout:
         raise ValueError(
-            f"the interval {interval_start.isoformat()} .. {interval_end.isoformat()} is not "
+            f"the interval {data_start.isoformat()} .. {interval_end.isoformat()} is not "
             f"longer than the held-out {holdout}"
         )
     split = interval_end - holdout
     version = model_version(config, interval_end)
     url = settings.database_url.get_secret_value()
     began = time.monotonic()
+    spark = spark or _spark(settings)
     with connect(url, settings.database_schema, autocommit=True) as conn:
-        series = read_series(conn, interval_start, interval_end)
         current = production(conn, FAMILY)
         seeds = SeedStates.open(current) if current is not None else None
-        older = (
-            read_series(conn, current.data_end, interval_start)
-            if (
-                current is not None
-                and current.data_end is not None
-                and current.data_end < interval_start
+        # production's detectors catch up from the end of their own training data
+        since = data_start
+        if current is not None and current.data_end is not None and current.data_end < since:
+            since = current.data_end
+        everything, read = read_lake_series(conn, spark, settings, since, interval_end)
+        if not any(p[0] >= interval_start for points in everything.values() for p in points):
+            raise LakeDataMissing(
+                f"the lake {settings.lake_dir} holds no events of the interval "
+                f"{interval_start.isoformat()} .. {interval_end.isoformat()} (topics "
+                f"{', '.join(Topics(settings.topic_prefix).sources())}): nothing to train on; "
+                f"the streaming job may be behind, or the dates were expired"
             )
-            else {}
-        )
+        series = _between(everything, data_start, interval_end)
+        older = _between(everything, since, data_start)
 
         candidate_score, production_score = HoldoutScore(), HoldoutScore()
         trained: list[tuple[str, str, Detector, datetime]] = []
@@ -205,25 +283,19 @@ def retrain(
             "train_cpu_s": round(train_seconds, 3),
             "train_cpu_s_per_sensor": round(train_seconds / sensors, 4) if sensors else None,
             "holdout": str(holdout),
+            "read": read,
         }
-        if not series:
-            return {
-                "version": None,
-                "promoted": False,
-                "reason": "no windows in the interval",
-                **metrics,
-            }
         folder = save_model(
             settings.model_dir / FAMILY / version,
             version,
             config,
             trained,
-            data_start=interval_start,
+            data_start=data_start,
             data_end=interval_end,
             metrics=metrics,
         )
         register(
-            conn, FAMILY, version, folder, metrics, data_start=interval_start, data_end=interval_end
+            conn, FAMILY, version, folder, metrics, data_start=data_start, data_end=interval_end
         )
         better, reason = _better(candidate_score, production_score, current)
         if current is not None and current.version == version:
@@ -239,6 +311,12 @@ def retrain(
     }
     log.info("retrain %s: %s (%s)", version, "promoted" if better else "rejected", reason)
     return summary
+
+
+def _between(series: Series, start: datetime, end: datetime) -> Series:
+    """The points with ``start <= window_start < end``; series left empty are dropped."""
+    kept = {k: [p for p in points if start <= p[0] < end] for k, points in series.items()}
+    return {k: points for k, points in kept.items() if points}
 
 
 def _better(candidate: HoldoutScore, incumbent: HoldoutScore, current: Any) -> tuple[bool, str]:

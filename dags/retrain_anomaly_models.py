@@ -1,8 +1,13 @@
 """Daily retraining of the per-sensor anomaly models from the lake.
 
-``cityos.anomaly.retrain.retrain`` reads the lake for the data interval, trains candidate models,
-evaluates each against the production model on a held-out period, registers it and promotes it
-only if it is better; its summary (metrics, versions) is the task's return value (XCom).
+``cityos.anomaly.retrain.retrain`` reads the lake for the data interval and the detectors'
+lookback (14 days): the raw events of those dates, turned into the serving tables' windows by the
+streaming job's own code (``streaming/lake_windows.py``). It trains candidate models, evaluates
+them against the production model on a held-out period, registers them and promotes them only if
+better; its summary (metrics, versions, what was read from the lake) is the task's return value
+(XCom). A lake without events of the interval fails the task, naming the folder and the interval
+(it is retried: the streaming job may be behind). Backfills reach back as far as the lake keeps
+dates (``CITYOS_LAKE_RETENTION_DAYS``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def retrain_anomaly_models() -> None:
 
     @task(execution_timeout=timedelta(hours=2))
     def retrain(data_interval_start: datetime, data_interval_end: datetime) -> dict:
-        """Candidate models from the interval's lake data; promoted only when better."""
+        """Candidate models from the lake's windows of the interval (and the lookback before
+        it); registered, and promoted only when better."""
         from cityos.anomaly.retrain import retrain as run_retrain
         from cityos.settings import load_settings
 

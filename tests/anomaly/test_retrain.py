@@ -1,60 +1,186 @@
-"""Retraining on real Beijing windows: register, compare on a held-out day, promote if better."""
+"""Retraining from the lake, on real events that went through the real pipeline.
+
+Fifteen days of Beijing PRSA readings and an hour of the Cologne twin (SUMO) are published to
+Kafka and streamed by the job into PostgreSQL and the lake (tests/anomaly/streamed.py). The lake's
+windows must be the serving tables' windows; retraining reads the lake, registers, compares on a
+held-out day and promotes only if better.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import math
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from psycopg import sql
 
 from cityos.anomaly.registry import production, versions
-from cityos.anomaly.retrain import retrain
-from cityos.db import connect
-from cityos.settings import load_settings
-from tests.anomaly.test_score import beijing, days, merge_day  # noqa: F401 - the fixture
+from cityos.anomaly.retrain import SERIES, read_series, retrain
+from cityos.db import connect, migrate
+from cityos.streaming import lake
+from cityos.streaming.lake_windows import LakeDataMissing, lake_serving
+from cityos.topics import Topics
+from tests.anomaly.streamed import Streamed, stream, stream_settings
+from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession
 
 pytestmark = pytest.mark.integration
 
-UTC = "UTC"
+AIR_FROM = datetime(2014, 1, 1, tzinfo=UTC)
+AIR_TO = datetime(2014, 1, 16, tzinfo=UTC)
+TWIN_START = datetime(2014, 1, 15, 10, tzinfo=UTC)  # 18:00 in Beijing, 11:00 in Cologne
+DAY = datetime(2014, 1, 15, tzinfo=UTC)
 
 
-@pytest.fixture
-def warehouse(database_url: str, beijing: str, kafka_bootstrap: str, tmp_path: Path):  # noqa: F811
-    """Three weeks of two stations' hourly windows, and settings pointing at them."""
-    with connect(database_url, beijing, autocommit=True) as conn:
-        for day in days("2013-11-10", 21):
-            merge_day(conn, day)
-    return load_settings(
-        database_url=database_url,
-        database_schema=beijing,
-        kafka_bootstrap=kafka_bootstrap,
-        state_dir=tmp_path,
+@pytest.fixture(scope="module")
+def streamed(
+    stack,
+    database_url: str,
+    kafka_bootstrap: str,
+    spark,  # noqa: F811
+    tmp_path_factory,
+) -> Iterator[Streamed]:
+    """One pipeline run shared by the module: its own schema, topics, state and lake."""
+    from cityos.stack import delete_topics, ensure_topics
+
+    schema = f"t_{uuid.uuid4().hex[:8]}"
+    topics = Topics(prefix=f"t{uuid.uuid4().hex[:8]}.")
+    migrate(database_url, schema)
+    ensure_topics(
+        kafka_bootstrap,
+        topics.all(),
+        partitions=stack.config.kafka_partitions,
+        retention_ms=stack.config.retention_ms,
     )
+    settings = stream_settings(
+        {
+            "database_url": database_url,
+            "database_schema": schema,
+            "kafka_bootstrap": kafka_bootstrap,
+            "topic_prefix": topics.prefix,
+            "kafka_partitions": stack.config.kafka_partitions,
+            "state_dir": tmp_path_factory.mktemp("retrain-state"),
+        }
+    )
+    try:
+        yield stream(settings, spark, AIR_FROM, AIR_TO, TWIN_START)
+    finally:
+        delete_topics(kafka_bootstrap, topics.all())
+        with connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def test_retrain_registers_promotes_and_is_idempotent(warehouse) -> None:
-    day = pd.Timestamp("2013-11-24", tz=UTC).to_pydatetime()
-    lookback = timedelta(days=7)
-    first = retrain(warehouse, day - timedelta(days=1), day, lookback=lookback)
+def _conn(streamed: Streamed):
+    s = streamed.settings
+    return connect(s.database_url.get_secret_value(), s.database_schema, autocommit=True)
+
+
+def _lake_series(conn, streamed: Streamed, spark, start: datetime, end: datetime):  # noqa: F811
+    s = streamed.settings
+    with lake_serving(conn, spark, s.lake_dir, Topics(s.topic_prefix), start, end) as read:
+        return read_series(conn, start, end), read
+
+
+def assert_same_series(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, points in want.items():
+        mine = got[key]
+        assert [(p[0], p[1]) for p in mine] == [(p[0], p[1]) for p in points], key
+        for p, q in zip(mine, points, strict=True):
+            assert math.isclose(p[2], q[2], rel_tol=1e-9, abs_tol=1e-9), (key, p, q)
+
+
+def _rows(conn, table: str, start: datetime, end: datetime) -> int:
+    query = sql.SQL("SELECT count(*) FROM {} WHERE window_start >= %s AND window_start < %s")
+    return conn.execute(query.format(sql.Identifier(table)), (start, end)).fetchone()[0]
+
+
+def test_the_lake_windows_are_the_serving_windows(streamed: Streamed, spark) -> None:  # noqa: F811
+    assert streamed.batches > 2  # windows were merged across micro-batches
+    with _conn(streamed) as conn:
+        serving = read_series(conn, AIR_FROM, AIR_TO)
+        counts = {t: _rows(conn, t, AIR_FROM, AIR_TO) for t, _ in SERIES}
+        from_lake, read = _lake_series(conn, streamed, spark, AIR_FROM, AIR_TO)
+        assert {t: _rows(conn, t, AIR_FROM, AIR_TO) for t, _ in SERIES} == counts  # untouched
+
+    assert_same_series(from_lake, serving)
+    assert read.windows == counts
+    assert counts["traffic_5m"] == 27 * 12  # the twin's hour: 27 detectors, 12 windows each
+    assert counts["air_quality_1h"] >= 12 * 24 * 15 * 0.95 + 8  # Beijing's hours, Cologne's
+    metrics = {m for _, m in serving}
+    assert metrics == {m for _, ms in SERIES for m in ms}
+    # the twin counted vehicles, so speeds are vehicle-weighted means of several readings
+    counted = [v for (s, m), pts in serving.items() if m == "vehicle_count" for *_, v in pts]
+    assert max(counted) > 0
+
+    # a part of a day, starting inside a window: only windows starting in the interval
+    start, end = TWIN_START + timedelta(minutes=17), TWIN_START + timedelta(minutes=47)
+    with _conn(streamed) as conn:
+        part, _ = _lake_series(conn, streamed, spark, start, end)
+        assert_same_series(part, read_series(conn, start, end))
+    assert {p[0].minute for pts in part.values() for p in pts} == {20, 25, 30, 35, 40, 45}
+
+
+def test_replayed_batches_and_compaction_change_nothing(
+    streamed: Streamed,
+    spark,  # noqa: F811
+) -> None:
+    s = streamed.settings
+    date_dir = s.lake_dir / Topics(s.topic_prefix).traffic / "date=2014-01-15"
+    first = lake.batch_folders(date_dir)[0]
+    shutil.copytree(first, date_dir / "batch=999")  # a batch replayed after a crash, twice
+    start, end = DAY, DAY + timedelta(days=1)
+    with _conn(streamed) as conn:
+        serving = read_series(conn, start, end)
+        twice, _ = _lake_series(conn, streamed, spark, start, end)
+        assert_same_series(twice, serving)
+
+        result = lake.compact_date(date_dir)  # what the retention DAG does to a day
+        assert [p.name for p in date_dir.iterdir()] == ["batch=-1"]
+        assert result.rows_after < result.rows_before
+        compacted, read = _lake_series(conn, streamed, spark, start, end)
+        assert_same_series(compacted, serving)
+    assert read.files >= 1
+
+
+def test_retrain_trains_from_the_lake_promotes_and_is_idempotent(
+    streamed: Streamed,
+    spark,  # noqa: F811
+) -> None:
+    settings, lookback = streamed.settings, timedelta(days=7)
+    with _conn(streamed) as conn:
+        expected = read_series(conn, DAY - lookback, DAY)
+        expected_next = read_series(
+            conn, DAY + timedelta(days=1) - lookback, DAY + timedelta(days=1)
+        )
+    first = retrain(settings, DAY - timedelta(days=1), DAY, lookback=lookback, spark=spark)
     assert first["promoted"] and first["reason"] == "no model in production"
-    assert first["series"] == 10 and first["sensors"] == 2  # 2 stations x 5 metrics
+    assert first["read"]["source"] == "lake"
+    assert first["read"]["lake_dir"] == str(settings.lake_dir)
+    assert first["series"] == len(expected) > 12 * 4  # the stations' measured metrics
+    assert first["sensors"] == 12
     assert first["candidate"]["mase"] > 0 and first["candidate"]["points"] > 0
-    folder = warehouse.model_dir / "anomaly" / first["version"]
+    folder = settings.model_dir / "anomaly" / first["version"]
     assert (folder / "model.json").exists() and (folder / "states.parquet").exists()
 
-    again = retrain(warehouse, day - timedelta(days=1), day, lookback=lookback)  # a rerun
+    again = retrain(settings, DAY - timedelta(days=1), DAY, lookback=lookback, spark=spark)
     assert again["version"] == first["version"] and again["promoted"]
-    with connect(warehouse.database_url.get_secret_value(), warehouse.database_schema) as conn:
-        assert [v.version for v in versions(conn, "anomaly")] == [first["version"]]
+    with _conn(streamed) as conn:
+        rows = conn.execute("SELECT version, data_start, data_end FROM model_registry").fetchall()
+    assert rows == [(first["version"], DAY - lookback, DAY)]
 
-    # the next day: the candidate is measured against production on the held-out day
-    nxt = retrain(warehouse, day, day + timedelta(days=1), lookback=lookback)
+    # the next day (the twin's hour in it): compared with production on the held-out day
+    nxt = retrain(settings, DAY, DAY + timedelta(days=1), lookback=lookback, spark=spark)
     assert nxt["production_version"] == first["version"]
+    assert nxt["series"] == len(expected_next)  # with the twin's detectors and stations
+    assert nxt["sensors"] == 12 + 27 + 8
     mine, theirs = nxt["candidate"]["mase"], nxt["production"]["mase"]
     assert nxt["production"]["points"] == nxt["candidate"]["points"]
     assert nxt["promoted"] == (mine < theirs)
-    with connect(warehouse.database_url.get_secret_value(), warehouse.database_schema) as conn:
+    with _conn(streamed) as conn:
         live = production(conn, "anomaly")
         statuses = {v.version: v.status for v in versions(conn, "anomaly")}
     assert live is not None
@@ -63,13 +189,27 @@ def test_retrain_registers_promotes_and_is_idempotent(warehouse) -> None:
     assert sorted(statuses.values()).count("production") == 1
 
 
-def test_an_interval_without_room_for_a_holdout_is_refused(warehouse) -> None:
-    day = pd.Timestamp("2013-11-24", tz=UTC).to_pydatetime()
+def test_a_lake_without_the_interval_fails_naming_folder_and_interval(
+    streamed: Streamed,
+    spark,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "lake"
+    settings = streamed.settings.model_copy(update={"lake_dir": empty})
+    # the serving tables hold the interval's windows; the lake does not: no training
+    with pytest.raises(LakeDataMissing, match=rf"{empty}.*2014-01-14T00:00:00\+00:00 \.\. "):
+        retrain(settings, DAY - timedelta(days=1), DAY, lookback=timedelta(days=7), spark=spark)
+    later = DAY + timedelta(days=10)
+    with pytest.raises(LakeDataMissing, match="holds no events of the interval"):
+        retrain(streamed.settings, later - timedelta(days=1), later, spark=spark)
+
+
+def test_an_interval_without_room_for_a_holdout_is_refused(streamed: Streamed) -> None:
     with pytest.raises(ValueError, match="not longer than the held-out"):
         retrain(
-            warehouse,
-            day - timedelta(hours=1),
-            day,
+            streamed.settings,
+            DAY - timedelta(hours=1),
+            DAY,
             lookback=timedelta(hours=12),
             holdout=timedelta(days=1),
         )

@@ -9,16 +9,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cityos.anomaly.retrain import read_series
 from cityos.db import connect
 from cityos.streaming import lake
+from tests.anomaly.streamed import stream, stream_settings
 from tests.dags.realdata import (
     SILENT_SENSOR,
-    air_events,
-    insert_air,
-    register,
     seed_quality_scenario,
     write_day,
 )
+from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession
 
 SCHEDULES = {
     "data_quality": "@hourly",
@@ -134,18 +134,48 @@ def test_retention_compacts_its_day_and_expires_old_dates(dagbag, cityos_env: Pa
 
 
 @pytest.mark.integration
-def test_retrain_registers_a_model_of_its_interval(
-    dagbag, cityos_env: Path, database_url: str, pg_schema: str
+def test_retrain_trains_its_interval_from_the_lake(
+    dagbag,
+    cityos_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    database_url: str,
+    pg_schema: str,
+    kafka_bootstrap: str,
+    topics,
+    spark,  # noqa: F811
 ) -> None:
     day = datetime(2014, 1, 15, tzinfo=UTC)
+    end, lookback = day + timedelta(days=1), timedelta(days=14)  # the task's default lookback
+    monkeypatch.setenv("CITYOS_TOPIC_PREFIX", topics.prefix)
+    settings = stream_settings(
+        {
+            "database_url": database_url,
+            "database_schema": pg_schema,
+            "kafka_bootstrap": kafka_bootstrap,
+            "topic_prefix": topics.prefix,
+            "state_dir": tmp_path / "stream-state",
+            "lake_dir": cityos_env,
+        }
+    )
+    stream(settings, spark, end - lookback, end)  # real PRSA readings -> Kafka -> job
     with connect(database_url, pg_schema) as conn:
-        register(conn, loops=0)
-        insert_air(conn, air_events(day - timedelta(days=14), day + timedelta(days=1)))
+        expected = read_series(conn, end - lookback, end)
+        windows = conn.execute("SELECT count(*) FROM air_quality_1h").fetchone()[0]
+        conn.execute("TRUNCATE traffic_5m, air_quality_1h")  # the task reads the lake only
         conn.commit()
 
-    run = dagbag.get_dag("retrain_anomaly_models").test(logical_date=day + timedelta(days=1))
+    run = dagbag.get_dag("retrain_anomaly_models").test(logical_date=end)
 
     assert _states(run) == {"retrain": "success"}
+    assert (run.data_interval_start, run.data_interval_end) == (day, end)
     with connect(database_url, pg_schema) as conn:
-        models = conn.execute("SELECT data_end, metrics FROM model_registry").fetchall()
-    assert [m[0] for m in models] == [day + timedelta(days=1)]
+        models = conn.execute(
+            "SELECT data_start, data_end, metrics, status FROM model_registry"
+        ).fetchall()
+    assert [(m[0], m[1], m[3]) for m in models] == [(end - lookback, end, "production")]
+    metrics = models[0][2]
+    assert metrics["series"] == len(expected) and metrics["sensors"] == 12
+    read = metrics["read"]
+    assert read["source"] == "lake" and read["lake_dir"] == str(cityos_env)
+    assert read["windows"] == {"traffic_5m": 0, "air_quality_1h": windows} and windows > 4000
