@@ -10,7 +10,7 @@ numbers by construction, not by a second formula:
    ``(topic, partition, offset)`` — a batch replayed after a crash can land twice;
 2. **partial sums** per window: ``windows.traffic_partials`` / ``air_partials``, collected with
    ``sinks.partial_rows``, exactly as a micro-batch does;
-3. **serving rows**: the job's merge (``sinks._merge_traffic`` / ``_merge_air``: the
+3. **serving rows**: the job's merge (``sinks.merge_traffic`` / ``merge_air``: the
    vehicle-weighted speed, the occupancy, the congestion index from the sensor's speed limit, the
    city's AQI) adds the sums into accumulators and serves the rows — here into temporary tables
    named like the real ones, which ``pg_temp`` placed first in the search path makes the ones
@@ -66,8 +66,8 @@ def serving_tables() -> tuple[ServingTable, ...]:
     from cityos.streaming.jobs.sinks import (
         AIR_PARTIALS,
         TRAFFIC_PARTIALS,
-        _merge_air,
-        _merge_traffic,
+        merge_air,
+        merge_traffic,
     )
     from cityos.streaming.jobs.windows import air_partials, traffic_partials
 
@@ -78,7 +78,7 @@ def serving_tables() -> tuple[ServingTable, ...]:
             "traffic_5m_acc",
             traffic_partials,
             TRAFFIC_PARTIALS,
-            _merge_traffic,
+            merge_traffic,
         ),
         ServingTable(
             "air_quality_1h",
@@ -86,7 +86,7 @@ def serving_tables() -> tuple[ServingTable, ...]:
             "air_quality_1h_acc",
             air_partials,
             AIR_PARTIALS,
-            _merge_air,
+            merge_air,
         ),
     )
 

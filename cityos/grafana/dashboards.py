@@ -19,10 +19,9 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
-from grafana_foundation_sdk.builders import geomap, stat, statetimeline, table, text, timeseries
+from grafana_foundation_sdk.builders import geomap, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard
-from grafana_foundation_sdk.models import text as text_model
 
 from cityos.grafana.panels import (
     ANOMALY_STEPS,
@@ -277,6 +276,16 @@ def city_overview() -> Any:
 
 
 # ---------------------------------------------------------------------------------- traffic
+ZONE_FORECAST = """
+    SELECT zf.target_start AS "time", z.name || ' (' || z.level || ')' AS metric,
+           zf.expected AS forecast
+    FROM zone_forecasts zf JOIN zones z ON z.zone_id = zf.zone_id
+    WHERE $__timeFilter(zf.target_start) AND z.city_id = '$city' AND zf.metric = '{metric}'
+      AND zf.zone_id IN ($zone)
+    ORDER BY 1
+"""  # a zone's forecast: the mean of its sensors' (anomaly/README.md, "Zone forecasts")
+
+
 def traffic() -> Any:
     zone_filter = f"t.zone_id IN {IN_ZONES}"
     by_zone = """
@@ -446,6 +455,25 @@ def traffic() -> Any:
                 8,
             )
         )
+        .with_panel(
+            at(
+                _series(
+                    "Congestion forecast by zone (mean of its sensors' forecasts)",
+                    ZONE_FORECAST.format(metric="congestion_index"),
+                    "percentunit",
+                )
+                .min(0)
+                .max(1)
+                .thresholds(thresholds(CONGESTION_STEPS))
+                .thresholds_style(
+                    common_builders.GraphThresholdsStyleConfig().mode(THRESHOLDS_STYLE.DASHED)
+                ),
+                0,
+                48,
+                24,
+                8,
+            )
+        )
     )
 
 
@@ -571,6 +599,20 @@ def air_quality() -> Any:
                 8,
             )
         )
+        .with_panel(
+            at(
+                _series(
+                    "PM2.5 forecast by zone (mean of its stations' forecasts)",
+                    ZONE_FORECAST.format(metric="pm25"),
+                    "conμgm3",
+                    interval="1h",
+                ),
+                0,
+                25,
+                24,
+                8,
+            )
+        )
     )
 
 
@@ -646,15 +688,18 @@ def alerts() -> Any:
 
 
 # -------------------------------------------------------------------------- pipeline health
-NOT_RECORDED = """\
-**Not recorded yet.** Batch duration and Kafka consumer lag need data the jobs do not write:
-
-* `stream_commits.batch_started_at timestamptz` (when `foreachBatch` began; duration =
-  `committed_at - batch_started_at`) and
-* `stream_commits.max_offsets_behind_latest bigint` (Spark's `maxOffsetsBehindLatest` of the
-  batch's Kafka source progress).
-
-Until then: cadence (time between commits) and event-time lag stand in for both.
+# stream_commits has one row per merged micro-batch (0002, 0011): committed_at is when its merge
+# transaction began, batch_started_at when foreachBatch began it; batch_duration_ms (Spark's wall
+# time of the whole batch) and offsets_behind (messages the batch left in the topic) come from
+# Spark's progress report afterwards and are NULL when it never arrived.
+LAST_BATCHES = """
+    SELECT DISTINCT ON (query_name) query_name, batch_id, committed_at AS "time",
+           extract(epoch FROM now() - committed_at) AS since_commit_s,
+           batch_duration_ms / 1000.0 AS duration_s,
+           extract(epoch FROM committed_at - batch_started_at) AS until_merge_s,
+           valid_rows, dead_letters, offsets_behind
+    FROM stream_commits
+    ORDER BY query_name, batch_id DESC
 """
 
 
@@ -662,6 +707,27 @@ def pipeline_health() -> Any:
     throughput = """
         SELECT $__timeGroupAlias(committed_at, $__interval), query_name AS metric,
                sum(valid_rows) / ($__interval_ms / 1000.0) AS rows_per_s
+        FROM stream_commits WHERE $__timeFilter(committed_at)
+        GROUP BY 1, 2 ORDER BY 1
+    """
+    durations = """
+        SELECT $__timeGroupAlias(committed_at, $__interval), query_name AS metric,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_duration_ms) / 1000 AS p50_s,
+               max(batch_duration_ms)::float8 / 1000 AS max_s
+        FROM stream_commits
+        WHERE $__timeFilter(committed_at) AND batch_duration_ms IS NOT NULL
+        GROUP BY 1, 2 ORDER BY 1
+    """
+    lag = """
+        SELECT $__timeGroupAlias(committed_at, $__interval), query_name AS metric,
+               max(offsets_behind) AS offsets_behind
+        FROM stream_commits
+        WHERE $__timeFilter(committed_at) AND offsets_behind IS NOT NULL
+        GROUP BY 1, 2 ORDER BY 1
+    """
+    dead_letter_rate = """
+        SELECT $__timeGroupAlias(committed_at, $__interval), query_name AS metric,
+               sum(dead_letters) / ($__interval_ms / 1000.0) AS dead_letters_per_s
         FROM stream_commits WHERE $__timeFilter(committed_at)
         GROUP BY 1, 2 ORDER BY 1
     """
@@ -735,11 +801,14 @@ def pipeline_health() -> Any:
         WHERE NOT q.passed AND $__timeFilter(q.interval_start)
         ORDER BY q.interval_start DESC, q.check_name LIMIT 500
     """
+    minutes = thresholds(((None, "green"), (900, "orange"), (3600, "red")))
+    points = common.GraphDrawStyle.POINTS
     return (
         _dashboard(
             "cityos-pipeline",
             "CityOS · Pipeline health",
-            "Streaming throughput, cadence, dead letters, event-time lag, scoring, models.",
+            "Streaming throughput, batch durations, consumer lag, dead letters, cadence, "
+            "event-time lag, scoring, models, data quality.",
             "now-6h",
         )
         .with_panel(
@@ -747,9 +816,7 @@ def pipeline_health() -> Any:
         )
         .with_panel(
             at(
-                _series("Rows per batch", per_batch, "short", interval="1m").draw_style(
-                    common.GraphDrawStyle.POINTS
-                ),
+                _series("Batch duration (p50 and max)", durations, "s", interval="1m").min(0),
                 12,
                 0,
                 12,
@@ -759,9 +826,23 @@ def pipeline_health() -> Any:
         .with_panel(
             at(
                 _series(
-                    "Batch cadence (time since the previous commit)", cadence, "s", interval="1m"
-                ).draw_style(common.GraphDrawStyle.POINTS),
+                    "Consumer lag (messages a batch left in the topic, max)",
+                    lag,
+                    "short",
+                    interval="1m",
+                ).min(0),
                 0,
+                8,
+                12,
+                8,
+            )
+        )
+        .with_panel(
+            at(
+                _series(
+                    "Dead letters (DLQ rate)", dead_letter_rate, "suffix: msg/s", interval="1m"
+                ).min(0),
+                12,
                 8,
                 12,
                 8,
@@ -770,30 +851,40 @@ def pipeline_health() -> Any:
         .with_panel(
             at(
                 _series("Dead-letter share", dead_letters, "percentunit", interval="1m").min(0),
-                12,
-                8,
-                12,
-                8,
-            )
-        )
-        .with_panel(
-            at(
-                _stat("Age of the newest data", freshness, "s").thresholds(
-                    thresholds(((None, "green"), (900, "orange"), (3600, "red")))
-                ),
                 0,
                 16,
                 8,
-                4,
+                8,
             )
         )
         .with_panel(
             at(
-                _stat("Event-time lag (now − sensor watermark)", lag_stat, "s").thresholds(
-                    thresholds(((None, "green"), (900, "orange"), (3600, "red")))
-                ),
+                _series("Rows per batch", per_batch, "short", interval="1m").draw_style(points),
                 8,
                 16,
+                8,
+                8,
+            )
+        )
+        .with_panel(
+            at(
+                _series(
+                    "Batch cadence (time since the previous commit)", cadence, "s", interval="1m"
+                ).draw_style(points),
+                16,
+                16,
+                8,
+                8,
+            )
+        )
+        .with_panel(
+            at(_stat("Age of the newest data", freshness, "s").thresholds(minutes), 0, 24, 8, 4)
+        )
+        .with_panel(
+            at(
+                _stat("Event-time lag (now − sensor watermark)", lag_stat, "s").thresholds(minutes),
+                8,
+                24,
                 8,
                 4,
             )
@@ -804,28 +895,19 @@ def pipeline_health() -> Any:
                     thresholds(((None, "green"), (1, "orange")))
                 ),
                 16,
-                16,
+                24,
                 8,
                 4,
             )
         )
-        .with_panel(at(_table("Event-time lag per sensor", event_lag), 0, 20, 12, 8))
-        .with_panel(at(_table("Anomaly scoring progress", scoring), 12, 20, 12, 4))
-        .with_panel(at(_table("Detector checkpoints", detectors), 12, 24, 12, 4))
-        .with_panel(at(_table("Model registry", registry), 0, 28, 16, 8))
         .with_panel(
-            at(
-                text.Panel()
-                .title("Batch duration and consumer lag")
-                .mode(text_model.TextMode.MARKDOWN)
-                .content(NOT_RECORDED),
-                16,
-                28,
-                8,
-                8,
-            )
+            at(_table("Last batch per query (time since its commit)", LAST_BATCHES), 0, 28, 24, 5)
         )
-        .with_panel(at(_table("Failed data-quality checks", quality), 0, 36, 24, 8))
+        .with_panel(at(_table("Event-time lag per sensor", event_lag), 0, 33, 12, 8))
+        .with_panel(at(_table("Anomaly scoring progress", scoring), 12, 33, 12, 4))
+        .with_panel(at(_table("Detector checkpoints", detectors), 12, 37, 12, 4))
+        .with_panel(at(_table("Model registry", registry), 0, 41, 24, 8))
+        .with_panel(at(_table("Failed data-quality checks", quality), 0, 49, 24, 8))
     )
 
 

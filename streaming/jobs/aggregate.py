@@ -6,12 +6,14 @@ Each query is named ``aggregate-<topic>`` and checkpoints under
 ``<state_dir>/checkpoints/<query name>``. Everything per batch happens in :meth:`TopicJob.process`
 (``foreachBatch``); the order of its sinks makes a replay safe: lake (overwritten per batch), DLQ
 (at least once), then the PostgreSQL transaction that records the batch, so a batch merged before a
-crash is recognised and skipped as a whole.
+crash is recognised and skipped as a whole. Spark's report of each batch, which comes after it,
+completes the batch's row with its duration and the offsets it left behind (:class:`BatchReports`).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import signal
 import threading
@@ -25,7 +27,7 @@ from typing import Any, Literal
 import psycopg
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from cityos import events, metrics
 from cityos.db import connect
@@ -36,6 +38,7 @@ from cityos.streaming.jobs.sinks import (
     AIR_PARTIALS,
     TRAFFIC_PARTIALS,
     BatchCommit,
+    BatchReport,
     Method,
     as_utc,
     batch_state,
@@ -44,6 +47,7 @@ from cityos.streaming.jobs.sinks import (
     log_dead_letters,
     merge_batch,
     partial_rows,
+    record_report,
     sensor_progress,
     write_dlq,
     write_lake,
@@ -206,6 +210,7 @@ class TopicJob:
 
     def process(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: validate, dead-letter, lake, aggregate, merge; skip merged batches."""
+        started = datetime.now(UTC)
         spark = batch.sparkSession
 
         def state(conn):  # noqa: ANN001, ANN202
@@ -229,11 +234,13 @@ class TopicJob:
             {"key": F.when(dead, F.col("key")), "value": F.when(dead, F.col("value"))}
         ).persist()
         try:
-            self._sink(judged, batch_id, watermark)
+            self._sink(judged, batch_id, watermark, started)
         finally:
             judged.unpersist()
 
-    def _sink(self, judged: DataFrame, batch_id: int, watermark: datetime | None) -> None:
+    def _sink(
+        self, judged: DataFrame, batch_id: int, watermark: datetime | None, started: datetime
+    ) -> None:
         clock = _StageClock()
         stats = judged.groupBy("reason").agg(
             F.count(F.lit(1)).alias("n"),
@@ -267,7 +274,7 @@ class TopicJob:
             air = partial_rows(air_partials(valid), AIR_PARTIALS)
         progress = sensor_latest(valid) if valid_n else []
         clock.lap("windows")
-        commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n)
+        commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n, started)
         merged = self.with_db(lambda conn: merge_batch(
             conn, commit, traffic=traffic, air=air, method=self.method, progress=progress))
         clock.lap("merge")
@@ -360,6 +367,113 @@ class _StageClock:
         return f"{time.monotonic() - self._start:.2f} s ({parts})"
 
 
+# ----------------------------------------------------------------------------- batch reports
+REPORT_QUEUE = 1000  # reports waiting for PostgreSQL; more are dropped (their rows keep NULLs)
+REPORT_FLUSH_S = 30.0  # at the end of a run, how long to wait for the last batches' reports
+
+
+class BatchReports:
+    """Completes each merged batch's ``stream_commits`` row with Spark's report of it.
+
+    Spark reports a batch (:class:`~cityos.streaming.jobs.sinks.BatchReport`: its duration, the
+    offsets it left behind) after the batch, on its listener bus: :attr:`listener` only queues
+    the report and a daemon thread writes it, so neither the batch nor the other listeners wait
+    for PostgreSQL. A report that cannot be written is logged and dropped: the row keeps NULLs.
+    Only the queries named in ``names`` are recorded (query names are unique among a session's
+    active queries).
+    """
+
+    def __init__(self, settings: Settings, names: set[str]) -> None:
+        self._settings = settings
+        self._names = frozenset(names)
+        self._queue: queue.Queue[BatchReport | None] = queue.Queue(REPORT_QUEUE)
+        self._done: dict[str, int] = {}  # query name -> newest batch id handled
+        self._changed = threading.Condition()
+        self._conn: psycopg.Connection | None = None
+        self._thread = threading.Thread(target=self._write, name="batch-reports", daemon=True)
+        self._thread.start()
+        self.listener = _ReportListener(self)
+
+    def offer(self, progress: Any) -> None:
+        """From the listener thread: queue the report of a batch of ours."""
+        if progress.get("name") not in self._names:
+            return
+        try:
+            self._queue.put_nowait(BatchReport.of(progress))
+        except queue.Full:
+            log.warning("%s batch %s: report dropped (PostgreSQL too slow)",
+                        progress.get("name"), progress.get("batchId"))
+
+    def _write(self) -> None:
+        while (report := self._queue.get()) is not None:
+            try:
+                self._record(report)
+            except psycopg.Error as err:
+                log.warning("%s batch %d: report not recorded: %s", report.query_name,
+                            report.batch_id, str(err).splitlines()[0])
+                self._close_connection()
+            with self._changed:
+                done = self._done.get(report.query_name, -1)
+                self._done[report.query_name] = max(done, report.batch_id)
+                self._changed.notify_all()
+
+    def _record(self, report: BatchReport) -> None:
+        if self._conn is None or self._conn.closed:
+            s = self._settings
+            self._conn = connect(s.database_url.get_secret_value(), s.database_schema,
+                                 autocommit=True, connect_timeout=5)
+        record_report(self._conn, report)
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def flush(self, queries: list[StreamingQuery], timeout_s: float = REPORT_FLUSH_S) -> bool:
+        """Wait until the last reported batch of each query is recorded; False on timeout."""
+        want: dict[str, int] = {}
+        for query in queries:
+            last = query.lastProgress
+            if last is not None and query.name in self._names:
+                want[query.name] = int(last["batchId"])
+
+        def caught_up() -> bool:
+            return all(self._done.get(name, -1) >= batch for name, batch in want.items())
+
+        with self._changed:
+            if self._changed.wait_for(caught_up, timeout_s):
+                return True
+        log.warning("batch reports still missing after %g s: %s", timeout_s,
+                    {n: b for n, b in want.items() if self._done.get(n, -1) < b})
+        return False
+
+    def close(self) -> None:
+        """Stop the writer once the queued reports are written."""
+        self._queue.put(None)
+        self._thread.join(timeout=REPORT_FLUSH_S)
+        self._close_connection()
+
+
+class _ReportListener(StreamingQueryListener):
+    """Spark's progress reports -> :class:`BatchReports`. Runs on Spark's listener thread:
+    never raises, never waits."""
+
+    def __init__(self, reports: BatchReports) -> None:
+        self._reports = reports
+
+    def onQueryStarted(self, event: Any) -> None:  # noqa: N802 - Spark's names
+        pass
+
+    def onQueryProgress(self, event: Any) -> None:  # noqa: N802
+        try:
+            self._reports.offer(event.progress)
+        except Exception:  # a report must never disturb the query  # noqa: BLE001
+            log.exception("batch report not queued")
+
+    def onQueryTerminated(self, event: Any) -> None:  # noqa: N802
+        pass
+
+
 # ----------------------------------------------------------------------------- wiring
 def read_topic(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:
     """The Kafka source of one topic (native spark-sql-kafka), from the earliest offset."""
@@ -423,11 +537,15 @@ def run_pipeline(
         spark = spark_session(settings, "cityos-aggregate")
     metrics.attach_listener(spark)  # query progress -> Prometheus (once per session)
     jobs = topic_jobs(settings, method)
-    queries = [start_query(spark, job, until) for job in jobs]
-    if on_started is not None:
-        on_started(jobs)
+    reports = BatchReports(settings, {job.name for job in jobs})  # -> stream_commits
+    spark.streams.addListener(reports.listener)
+    queries: list[StreamingQuery] = []
     stop = stop_event or threading.Event()
     try:
+        for job in jobs:
+            queries.append(start_query(spark, job, until))
+        if on_started is not None:
+            on_started(jobs)
         if until == "available":
             for query in queries:
                 _await(query)
@@ -441,6 +559,9 @@ def run_pipeline(
         for query in queries:
             if query.isActive:
                 query.stop()
+        reports.flush(queries)
+        spark.streams.removeListener(reports.listener)
+        reports.close()
         for job in jobs:
             try:
                 job.close()

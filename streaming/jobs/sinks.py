@@ -5,12 +5,14 @@ The PostgreSQL merge is one transaction per batch: it first claims the batch in
 batch's partial sums into the accumulators, recomputes the serving rows of the touched windows
 from the accumulated totals, and commits. Rows reach PostgreSQL by COPY into a temporary table;
 ``method="executemany"`` sends the same rows with INSERT statements, for the benchmark.
+Once Spark has reported the batch, its duration and the offsets it left behind complete the row
+(:func:`record_report`, from the job's progress listener).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from psycopg import sql
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from cityos.metrics import source_lag
 from cityos.streaming.jobs.aqi import POLLUTANTS, aqi
 from cityos.streaming.jobs.windows import AIR_MEASURES, AIR_PARTIALS, TRAFFIC_PARTIALS
 from cityos.topics import DLQ_MAX_MESSAGE_BYTES
@@ -110,6 +113,40 @@ class BatchCommit:
     watermark: datetime | None
     valid_rows: int
     dead_letters: int
+    started_at: datetime | None = None  # when foreachBatch began the batch
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What Spark reports about a batch once it is done: the rest of its ``stream_commits`` row.
+
+    ``duration_ms`` is the micro-batch's wall time (``batchDuration``); ``offsets_behind`` the
+    messages its Kafka source had beyond the batch's end offsets when the batch was planned,
+    summed over partitions (None when the report carries no Kafka offsets).
+    """
+
+    query_name: str
+    batch_id: int
+    duration_ms: int | None
+    offsets_behind: int | None
+
+    @classmethod
+    def of(cls, progress: Mapping[str, Any]) -> BatchReport:
+        """From a StreamingQueryProgress (a dict: the fields of its JSON)."""
+        duration = progress.get("batchDuration")
+        if duration is None:
+            duration = (progress.get("durationMs") or {}).get("triggerExecution")
+        lags = [
+            source_lag(source.get("endOffset"), source.get("latestOffset"))
+            for source in progress.get("sources") or []
+        ]
+        behind = [n for lag in lags for n in lag.values()]
+        return cls(
+            progress.get("name") or "",
+            int(progress["batchId"]),
+            None if duration is None else max(int(duration), 0),
+            sum(behind) if behind else None,
+        )
 
 
 def batch_state(
@@ -259,21 +296,37 @@ JOIN cities c ON c.city_id = s.city_id
 def _claim(cur: psycopg.Cursor, commit: BatchCommit) -> bool:
     """Record the batch; False when it was already recorded (a replay after a crash)."""
     cur.execute(
-        "INSERT INTO stream_commits (query_name, batch_id, watermark, valid_rows, dead_letters)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING batch_id",
+        "INSERT INTO stream_commits (query_name, batch_id, watermark, valid_rows, dead_letters,"
+        " batch_started_at) VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING batch_id",
         (commit.query_name, commit.batch_id, commit.watermark, commit.valid_rows,
-         commit.dead_letters),
+         commit.dead_letters, commit.started_at),
     )
     return cur.fetchone() is not None
 
 
-def _merge_traffic(cur: psycopg.Cursor, rows: list[tuple[Any, ...]], method: Method) -> None:
+def record_report(conn: psycopg.Connection, report: BatchReport) -> bool:
+    """Complete the batch's ``stream_commits`` row with Spark's report; False when there is no
+    row to complete (a batch with no merge) or it was completed before (the first report wins:
+    a replay after a crash only re-reads a batch already merged)."""
+    cur = conn.execute(
+        "UPDATE stream_commits SET batch_duration_ms = %s, offsets_behind = %s"
+        " WHERE query_name = %s AND batch_id = %s"
+        "   AND batch_duration_ms IS NULL AND offsets_behind IS NULL",
+        (report.duration_ms, report.offsets_behind, report.query_name, report.batch_id),
+    )
+    return cur.rowcount > 0
+
+
+# The two merges name their tables unqualified, on purpose: the lake reader
+# (``cityos.streaming.lake_windows``) runs them against temporary tables of the same names.
+def merge_traffic(cur: psycopg.Cursor, rows: list[tuple[Any, ...]], method: Method) -> None:
     _stage(cur, "traffic_5m_acc", "traffic_stage", [*WINDOW_KEYS, *TRAFFIC_PARTIALS], rows, method)
     cur.execute(_add_into("traffic_5m_acc", "traffic_stage", TRAFFIC_PARTIALS))
     cur.execute(_SERVE_TRAFFIC, {"default_limit": DEFAULT_SPEED_LIMIT_KMH})
 
 
-def _merge_air(cur: psycopg.Cursor, rows: list[tuple[Any, ...]], method: Method) -> None:
+def merge_air(cur: psycopg.Cursor, rows: list[tuple[Any, ...]], method: Method) -> None:
     _stage(cur, "air_quality_1h_acc", "air_stage", [*WINDOW_KEYS, *AIR_PARTIALS], rows, method)
     cur.execute(_add_into("air_quality_1h_acc", "air_stage", AIR_PARTIALS))
     served = []
@@ -304,7 +357,7 @@ def merge_batch(
         if progress:
             _advance_progress(cur, commit.query_name, progress)
         if traffic:
-            _merge_traffic(cur, list(traffic), method)
+            merge_traffic(cur, list(traffic), method)
         if air:
-            _merge_air(cur, list(air), method)
+            merge_air(cur, list(air), method)
     return True

@@ -21,6 +21,7 @@ import pytest
 
 from cityos.grafana.dashboards import DASHBOARDS, build
 from cityos.grafana.macros import Variable, expand, parse_interval
+from tests.grafana.seed import AIR_QUERY, TRAFFIC_QUERY
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ CASES = {
         (("city", "beijing"),),
     ),
     "traffic": Case("traffic", _utc(2016, 12, 19), _utc(2016, 12, 20), "1m"),
-    "air-quality": Case("air-quality", _utc(2016, 12, 15), _utc(2016, 12, 22), "10m"),
+    "air-quality": Case("air-quality", _utc(2016, 12, 15), _utc(2016, 12, 23), "10m"),
     "alerts-cologne": Case(
         "alerts", _utc(2016, 12, 13), _utc(2016, 12, 23), "10m", (("city", "cologne"),)
     ),
@@ -289,3 +290,38 @@ def test_alert_timeline_levels_are_the_value_mappings(conn: psycopg.Connection) 
         conn, "alerts-cologne", "Alerts by subject (0 clear · 1 info · 2 warning · 3 critical)"
     )
     assert {r[2] for r in rows} <= {0, 1, 2, 3} and 0 in {r[2] for r in rows}
+
+
+def test_batch_durations_are_a_median_below_a_maximum(conn: psycopg.Connection) -> None:
+    names, rows = _rows(conn, "pipeline-health", "Batch duration (p50 and max)")
+    p50, top = names.index("p50_s"), names.index("max_s")
+    assert {r[names.index("metric")] for r in rows} == {TRAFFIC_QUERY, AIR_QUERY}
+    assert all(0 < r[p50] <= r[top] for r in rows), rows[:5]
+    want = conn.execute(  # the slowest batch of the range, straight from the table
+        "SELECT max(batch_duration_ms)::float8 / 1000 FROM stream_commits"
+        " WHERE committed_at BETWEEN '2016-12-19T00:00:00Z' AND '2016-12-20T00:00:00Z'"
+    ).fetchone()[0]
+    assert max(r[top] for r in rows) == want
+
+
+def test_consumer_lag_is_the_messages_left_behind(conn: psycopg.Connection) -> None:
+    names, rows = _rows(
+        conn, "pipeline-health", "Consumer lag (messages a batch left in the topic, max)"
+    )
+    lag = [r[names.index("offsets_behind")] for r in rows]
+    assert all(n >= 0 for n in lag) and any(n > 0 for n in lag)
+
+
+def test_last_batch_per_query_says_how_long_ago_it_committed(conn: psycopg.Connection) -> None:
+    names, rows = _rows(conn, "pipeline-health", "Last batch per query (time since its commit)")
+    got = {r[names.index("query_name")]: dict(zip(names, r, strict=True)) for r in rows}
+    assert set(got) == {TRAFFIC_QUERY, AIR_QUERY}
+    for name, row in got.items():
+        newest = conn.execute(
+            "SELECT max(batch_id), max(committed_at) FROM stream_commits WHERE query_name = %s",
+            (name,),
+        ).fetchone()
+        assert (row["batch_id"], row["time"]) == newest
+        assert row["since_commit_s"] > 0
+        assert 0 < row["until_merge_s"] < row["duration_s"]
+        assert row["offsets_behind"] == 0  # nothing arrived after the last window

@@ -1,0 +1,139 @@
+"""What ``stream_commits`` records about each batch's timing and lag, from a real streaming run.
+
+Real traffic readings go to this test's own topic; the job runs with availableNow and a small
+``maxOffsetsPerTrigger``, so the topic is read in several batches and each batch but the last
+leaves messages behind. The recorded lag must be exactly what was left: every message of the
+topic minus those the batches so far have read. Each row's duration is Spark's, which covers
+the row's own foreachBatch span (batch_started_at -> committed_at).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kafka import KafkaProducer
+
+from cityos import events
+from cityos.db import connect
+from cityos.streaming.jobs.aggregate import query_name, run_pipeline
+from tests.jobs.conftest import spark  # noqa: F401 - the shared session
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2016, 12, 19, 7, 0, tzinfo=UTC)
+SENSOR = "cologne-tr-06"
+PER_BATCH = 25
+SQUARE = '{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1],[0,0]]]}'
+CLOCKS = timedelta(milliseconds=100)  # PostgreSQL's now() and Python's clock, same host
+
+
+def register(database_url: str, schema: str) -> None:
+    with connect(database_url, schema) as conn:
+        conn.execute(
+            "INSERT INTO cities VALUES ('cologne','Cologne','Köln','Europe/Berlin','eu_eaqi')"
+        )
+        conn.execute(
+            "INSERT INTO zones (zone_id, city_id, name, level, geometry, area_km2)"
+            " VALUES ('cologne-stb-5', 'cologne', 'stb-5', 'district', %s, 1.0)",
+            (SQUARE,),
+        )
+        conn.execute(
+            "INSERT INTO sensors (sensor_id, city_id, kind, name, zone_id, latitude,"
+            " longitude) VALUES (%s, 'cologne', 'traffic', %s, 'cologne-stb-5',"
+            " 50.96, 6.95)",
+            (SENSOR, SENSOR),
+        )
+
+
+def readings(n: int) -> list[dict]:
+    """Minute readings of one detector; a few malformed records go along (dead letters)."""
+    out = []
+    for i in range(n):
+        start = T0 + timedelta(minutes=i)
+        count = (9 + 3 * i) % 11
+        out.append(
+            events.traffic_flow(
+                SENSOR,
+                start,
+                start + timedelta(minutes=1),
+                intensity=count,
+                occupancy=round(0.02 + 0.013 * count, 4),
+                average_speed_kmh=None if count == 0 else 48.0 - 2.5 * count,
+                lane_id=0,
+            )
+        )
+    return out
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for key, value in records:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def commits(database_url: str, schema: str, name: str) -> list[tuple]:
+    with connect(database_url, schema) as conn:
+        return conn.execute(
+            "SELECT batch_id, valid_rows + dead_letters, batch_started_at, committed_at,"
+            "       batch_duration_ms, offsets_behind"
+            " FROM stream_commits WHERE query_name = %s ORDER BY batch_id",
+            (name,),
+        ).fetchall()
+
+
+@pytest.fixture
+def job_settings(settings, pg_schema, tmp_path):
+    return settings.model_copy(
+        update={
+            "state_dir": tmp_path,
+            "lake_dir": tmp_path / "lake",
+            "database_schema": pg_schema,
+            "traffic_watermark": "30 minutes",
+            "max_offsets_per_trigger": PER_BATCH,
+            "score_windows": False,
+        }
+    )
+
+
+def test_each_batch_records_its_duration_and_the_offsets_it_left(
+    job_settings,
+    topics,
+    kafka_bootstrap,
+    database_url,
+    pg_schema,
+    spark,  # noqa: F811
+) -> None:
+    register(database_url, pg_schema)
+    records = [(events.key_of(e), events.encode(e)) for e in readings(70)]
+    records += [(SENSOR.encode(), b"\x00 not json"), (SENSOR.encode(), b"{}")]
+    produce(kafka_bootstrap, topics.traffic, records)
+
+    began = datetime.now(UTC)
+    run_pipeline(job_settings, until="available", spark=spark)
+    ended = datetime.now(UTC)
+
+    rows = commits(database_url, pg_schema, query_name(topics.traffic))
+    assert len(rows) >= 3, rows  # 72 messages, at most 25 a batch
+    assert sum(r[1] for r in rows) == len(records)
+    read = 0
+    for batch_id, n, started, committed, duration_ms, behind in rows:
+        read += n
+        assert behind == len(records) - read, (batch_id, behind)  # exactly what was left
+        assert began <= started <= committed <= ended, (batch_id, started, committed)
+        assert duration_ms is not None, batch_id
+        span = committed - started  # inside the batch that Spark timed
+        assert timedelta(milliseconds=duration_ms) >= span - CLOCKS, (batch_id, duration_ms)
+        assert timedelta(milliseconds=duration_ms) <= ended - began, (batch_id, duration_ms)
+    assert rows[-1][5] == 0 and rows[0][5] > 0
+
+    # a replay (the last batch's commit forgotten) re-reads a merged batch: its row keeps the
+    # report of the run that merged it
+    checkpoint = job_settings.state_dir / "checkpoints" / query_name(topics.traffic) / "commits"
+    last = rows[-1][0]
+    (checkpoint / str(last)).unlink()
+    (checkpoint / f".{last}.crc").unlink(missing_ok=True)
+    run_pipeline(job_settings, until="available", spark=spark)
+    assert commits(database_url, pg_schema, query_name(topics.traffic)) == rows
