@@ -13,7 +13,11 @@ score in [0, 1] computed only from the past and the point itself. Three parts, c
 * **anomaly likelihood** — as HTM's post-processing does: the short-term mean of the combined
   surprise is compared with its long-run distribution, and the tail probability becomes the score
   (on a log scale, so that thresholds near 1 spread out), then damped right after an alert so one
-  event gives one detection, not a run of them.
+  event gives one detection, not a run of them. A second, slower channel watches for a
+  *sustained* deviation: the least surprise of the last few points (high only when every one of
+  them is off) against its own long-run distribution, at a lower weight; the score takes the
+  stronger of the two. A series with past spikes learns that spikes are normal, and a moderate
+  shift that lasts would otherwise never reach the first channel's threshold.
 
 Timestamps may be irregular, have gaps (the lag buffer is reset after a long gap) and repeat
 (a duplicate stamp is scored as another observation at the same time). The whole state is plain
@@ -38,7 +42,7 @@ import numpy as np
 
 from cityos.errors import CityOSError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the sustained-deviation channel (its history is part of the state)
 _WEEK_S = 7 * 86400
 _DAY_S = 86400
 _MAD_TO_SIGMA = 1.4826
@@ -67,6 +71,8 @@ class DetectorConfig:
     gap_steps: float = 12.0  # a gap longer than this many typical steps resets the lags
     short_window: int = 2  # anomaly likelihood: mean surprise over the last few points
     long_window: int = 1000  # … against its distribution over this many points
+    sustain_window: int = 6  # sustained channel: the least surprise of the last few points …
+    sustain_weight: float = 0.4  # … counts at this share of its z-score against its history
     refractory: int = 12  # points over which an alert damps the following scores
     forecast_weight: float = 0.25  # share of the forecaster's surprise in the combined one
     floor_every: int = 1  # refresh the series-wide scale floor every this many points
@@ -105,6 +111,23 @@ def _surprise(z: float) -> float:
 def _gauss_tail(z: float) -> float:
     """Upper tail probability of a standard normal."""
     return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def _push(history: deque[float], value: float, total: float, squares: float) -> tuple[float, float]:
+    """Append ``value`` to a bounded history; its running sum and sum of squares, updated."""
+    if len(history) == history.maxlen:
+        dropped = history[0]
+        total -= dropped
+        squares -= dropped * dropped
+    history.append(value)
+    return total + value, squares + value * value
+
+
+def _standardised(value: float, total: float, squares: float, n: int) -> float:
+    """``value`` as a z-score against a history given by its count, sum and sum of squares."""
+    mean = total / n
+    std = max(math.sqrt(max(squares / n - mean * mean, 0.0)), 1e-3)
+    return (value - mean) / std
 
 
 def _as_utc(ts: datetime | float | int | str) -> float:
@@ -220,6 +243,9 @@ class Detector:
     floor: float | None = None  # the cached scale floor (see _scale_floor)
     surprise_sum: float = 0.0  # running sums over `surprises`, for the likelihood
     surprise_sq: float = 0.0
+    sustained: deque[float] = field(default_factory=deque)  # least surprise of recent runs
+    sustained_sum: float = 0.0  # running sums over `sustained`
+    sustained_sq: float = 0.0
     # retrain when (count + phase) % train_every == 0: the detectors of a city's sensors, started
     # together, then retrain at different points instead of all in the same micro-batch
     phase: int = 0
@@ -232,6 +258,7 @@ class Detector:
         self.pairs_x = deque(self.pairs_x, maxlen=c.train_window)
         self.pairs_y = deque(self.pairs_y, maxlen=c.train_window)
         self.surprises = deque(self.surprises, maxlen=c.long_window)
+        self.sustained = deque(self.sustained, maxlen=c.long_window)
 
     # --- the seasonal baseline -------------------------------------------------------------
 
@@ -359,23 +386,32 @@ class Detector:
         return score
 
     def _likelihood(self, surprise: float) -> float:
-        """HTM-style anomaly likelihood of the recent surprise, damped right after an alert."""
+        """HTM-style anomaly likelihood of the recent surprise, damped right after an alert.
+
+        Two channels, each a z-score against its own history of the last ``long_window`` points:
+        the mean surprise of the last ``short_window`` points (a spike), and the least surprise of
+        the last ``sustain_window`` points (a deviation that lasts), the latter counted at
+        ``sustain_weight``. The stronger one gives the tail probability.
+        """
         c = self.config
         history = self.surprises
-        if len(history) == history.maxlen:
-            dropped = history[0]
-            self.surprise_sum -= dropped
-            self.surprise_sq -= dropped * dropped
-        history.append(surprise)
-        self.surprise_sum += surprise
-        self.surprise_sq += surprise * surprise
+        self.surprise_sum, self.surprise_sq = _push(
+            history, surprise, self.surprise_sum, self.surprise_sq
+        )
         n = len(history)
+        run = min(history[-k] for k in range(1, min(c.sustain_window, n) + 1))
+        self.sustained_sum, self.sustained_sq = _push(
+            self.sustained, run, self.sustained_sum, self.sustained_sq
+        )
         if n < max(c.short_window * 10, 50):
             return 0.0
-        mean = self.surprise_sum / n
-        std = max(math.sqrt(max(self.surprise_sq / n - mean * mean, 0.0)), 1e-3)
         short = sum(history[-k] for k in range(1, c.short_window + 1)) / c.short_window
-        tail = _gauss_tail((short - mean) / std)  # how unlikely the recent surprise is
+        z = max(
+            _standardised(short, self.surprise_sum, self.surprise_sq, n),
+            c.sustain_weight
+            * _standardised(run, self.sustained_sum, self.sustained_sq, len(self.sustained)),
+        )
+        tail = _gauss_tail(z)  # how unlikely the recent surprise is
         score = min(1.0, max(0.0, math.log(tail + 1e-10) / math.log(1e-10)))
         # one event, one detection: right after an alert only a higher score counts in full
         self.alert_age += 1
@@ -448,6 +484,9 @@ class Detector:
             "floor": self.floor,
             "surprise_sum": self.surprise_sum,
             "surprise_sq": self.surprise_sq,
+            "sustained": list(self.sustained),
+            "sustained_sum": self.sustained_sum,
+            "sustained_sq": self.sustained_sq,
             "phase": self.phase,
         }
 
@@ -477,6 +516,9 @@ class Detector:
             floor=state["floor"],
             surprise_sum=state["surprise_sum"],
             surprise_sq=state["surprise_sq"],
+            sustained=deque(state["sustained"]),
+            sustained_sum=state["sustained_sum"],
+            sustained_sq=state["sustained_sq"],
             phase=state.get("phase", 0),
         )
 

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cityos.anomaly.detector import Detector, DetectorConfig
+from cityos.anomaly.detector import Detector, DetectorConfig, DetectorError
 from cityos.errors import CityOSError
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,16 @@ class SeedStates:
         return cls(states)
 
     def get(self, sensor: str, metric: str) -> tuple[Detector, datetime] | None:
+        """The trained state of a series, or None (also for a state an older detector saved:
+        the series then starts fresh, as one the model never saw)."""
         found = self._states.get((sensor, metric))
         if found is None:
             return None
-        return Detector.from_bytes(found[0]), found[1]
+        try:
+            return Detector.from_bytes(found[0]), found[1]
+        except DetectorError as err:
+            log.warning("%s/%s: seed state not usable (%s)", sensor, metric, err)
+            return None
 
     def __len__(self) -> int:
         return len(self._states)

@@ -41,7 +41,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from cityos.alerting.engine import AlertEngine, Observation
-from cityos.anomaly.detector import Detector, DetectorConfig, phase_for
+from cityos.anomaly.detector import Detector, DetectorConfig, DetectorError, phase_for
 from cityos.anomaly.registry import ModelVersion, SeedStates, production
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,10 @@ class Scorer:
             (sensor, metric, self.version),
         ).fetchone()
         if row is not None:
-            return Detector.from_bytes(bytes(row[0])), row[1]
+            try:
+                return Detector.from_bytes(bytes(row[0])), row[1]
+            except DetectorError as err:  # saved by an older detector: start from the seed
+                log.warning("%s/%s: saved detector state not usable (%s)", sensor, metric, err)
         if self._seeds is not None:
             seed = self._seeds.get(sensor, metric)
             if seed is not None:

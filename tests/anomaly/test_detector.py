@@ -64,6 +64,22 @@ def test_an_injected_level_shift_is_detected_at_once() -> None:
     assert (scores[300:850] >= 0.9).mean() < 0.01
 
 
+def test_a_lasting_shift_after_bigger_spikes_is_detected() -> None:
+    """Past spikes teach the spike channel that big surprises are normal; a moderate drop that
+    lasts two hours is still caught, by the sustained channel (without it, it is not)."""
+    data = series("speed_6005.csv").iloc[:900].astype({"value": float})
+    values = data["value"].to_numpy().copy()
+    values[[300, 301, 302, 420, 421, 422]] = 5.0  # two deep, short drops: spikes
+    values[800:824] -= 40.0  # a lasting drop, shallower than the spikes
+    with_channel = score_series(data["timestamp"], values)
+    without = score_series(
+        data["timestamp"], values, dataclasses.replace(DetectorConfig(), sustain_weight=0.0)
+    )
+    assert with_channel[800:824].max() >= 0.9
+    assert without[800:824].max() < 0.5
+    assert (with_channel[450:800] >= 0.9).mean() < 0.01  # and no more alerts before it
+
+
 def test_state_round_trips_and_continues_identically() -> None:
     data = series("occupancy_t4013.csv").iloc[:700]
     stamps, values = list(data["timestamp"]), list(data["value"])
@@ -83,6 +99,16 @@ def test_restoring_a_foreign_state_is_refused() -> None:
     state = Detector().state_dict() | {"version": 999}
     with pytest.raises(DetectorError):
         Detector.from_state(state)
+
+
+def test_a_state_of_the_previous_format_is_refused_clearly() -> None:
+    """Version 1 states (before the sustained channel) fail with a DetectorError naming the
+    version, so a caller can start that series afresh."""
+    state = Detector().state_dict() | {"version": 1}
+    for key in ("sustained", "sustained_sum", "sustained_sq"):
+        del state[key]
+    with pytest.raises(DetectorError, match="version 1"):
+        Detector.from_bytes(json.dumps(state).encode())
 
 
 def test_no_look_ahead() -> None:

@@ -201,6 +201,35 @@ def test_a_restart_resumes_from_the_checkpoint_exactly(database_url, beijing) ->
         assert (scores(conn), zone_forecasts(conn)) == reference
 
 
+def test_a_state_saved_by_an_older_detector_starts_that_series_afresh(
+    database_url, beijing
+) -> None:
+    """A checkpoint in a format the detector no longer reads (an upgrade) is not a crash: the
+    series starts again from a fresh detector and the job scores on."""
+    import json
+
+    batches = days("2013-12-01", 3)
+    with connect(database_url, beijing, autocommit=True) as conn:
+        first = scorer(checkpoint_s=1e9)
+        for day in batches[:2]:
+            merge_day(conn, day)
+            first.score(conn, datetime.now(UTC))
+        first.checkpoint(conn)
+        old = Detector().state_dict() | {"version": 1}
+        for key in ("sustained", "sustained_sum", "sustained_sq"):
+            old.pop(key, None)
+        stale = conn.execute(
+            "UPDATE detector_state SET state = %s WHERE sensor_id = %s AND metric = 'pm25'",
+            (json.dumps(old).encode(), f"beijing-aq-{STATIONS[0].lower()}"),
+        ).rowcount
+        assert stale == 1
+        before = len(scores(conn))
+        second = scorer()  # a new process over the old checkpoint
+        merge_day(conn, batches[2])
+        summary = second.score(conn, datetime.now(UTC))
+        assert summary.windows > 0 and len(scores(conn)) > before
+
+
 def test_a_promoted_model_is_picked_up_without_a_restart(database_url, beijing, tmp_path) -> None:
     history = days("2013-11-01", 20)
     batches = days("2013-12-01", 4)
