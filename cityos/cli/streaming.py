@@ -87,11 +87,13 @@ def twin_command(
     ),
 ) -> None:
     """Run the SUMO traffic twin and publish detector, air-quality and noise events."""
+    from cityos import metrics
     from cityos.streaming.control import ControlLoop, SumoController
     from cityos.streaming.sources import twin
     from cityos.streaming.sources.registry import register_twin
 
     settings = get_settings()
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)  # producer, actuator
     speed = speedup if speedup is not None else settings.twin_speedup
     prepared = twin.prepare(network or settings.twin_network, settings.data_dir)
     if register:
