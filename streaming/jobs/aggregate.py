@@ -131,6 +131,7 @@ def literal_frame(spark: SparkSession, columns: list[str], rows: list[tuple]) ->
 
 
 DB_RETRY_S = (1, 2, 4, 8, 15, 30, 30, 30, 30, 30)  # about three minutes of PostgreSQL outage
+STOP_WAIT_S = 120.0  # at a stop, how long a running micro-batch may take to finish
 
 # ----------------------------------------------------------------------------- one topic
 @dataclass
@@ -557,8 +558,7 @@ def run_pipeline(
                 raise StreamingJobError(f"query {query.name} failed: {query.exception()}")
     finally:
         for query in queries:
-            if query.isActive:
-                query.stop()
+            _stop_between_batches(query)
         reports.flush(queries)
         spark.streams.removeListener(reports.listener)
         reports.close()
@@ -568,6 +568,28 @@ def run_pipeline(
             except (psycopg.Error, CityOSError) as err:
                 log.error("%s: detector states not saved: %s", job.name, err)
     return jobs
+
+
+def _stop_between_batches(query: StreamingQuery, timeout_s: float = STOP_WAIT_S) -> None:
+    """Stop a query once its running micro-batch (if any) has finished, or after ``timeout_s``.
+
+    ``stop()`` interrupts the batch's thread: a batch cut off in its merge is replayed from the
+    checkpoint on the next start (nothing is lost), but the interrupt surfaces as a Java stack
+    trace in the middle of an orderly shutdown. Waiting for the batch avoids both."""
+    deadline = time.monotonic() + timeout_s
+    said = False
+    while query.isActive and time.monotonic() < deadline:
+        try:
+            if not query.status.get("isTriggerActive"):
+                break
+        except Exception:  # noqa: BLE001 - the query ended meanwhile: stop() below is a no-op
+            break
+        if not said:
+            log.info("%s: letting the running micro-batch finish before stopping", query.name)
+            said = True
+        time.sleep(0.2)
+    if query.isActive:
+        query.stop()
 
 
 def _await(query: StreamingQuery) -> None:
