@@ -59,6 +59,8 @@ class Limits:
     air_stale: timedelta = timedelta(hours=3)  # newest air_quality_1h window older: warn
     commit_stale: timedelta = timedelta(minutes=5)  # no batch merged for this long, with lag
     lag_warn: int = 10_000  # messages behind on one topic
+    keeping_up_batches: int = 5  # a backlog growing over this many recent batches: falling behind
+    keeping_up_period: timedelta = timedelta(minutes=15)  # "recent"
     disk_warn_free: float = 0.10  # share of the file system free
     disk_fail_free: float = 0.02
     disk_warn_bytes: int = 2 << 30
@@ -329,6 +331,7 @@ def check_queries(ctx: _Context) -> Iterable[Finding]:
             yield Finding(
                 f"query {name}", "ok", f"query {name} merged its last batch {_ago(age)} ago{idle}"
             )
+    yield from _keeping_up(ctx)
     if open_alerts and open_alerts[0]:
         yield Finding(
             "supervisor",
@@ -338,6 +341,46 @@ def check_queries(ctx: _Context) -> Iterable[Finding]:
             "read the job's log in <state_dir>/logs for the error; the supervisor keeps "
             "restarting it and resolves the alert once it runs again",
         )
+
+
+def _keeping_up(ctx: _Context) -> Iterable[Finding]:
+    """A query whose recent batches each left a growing backlog behind is falling behind: the
+    batches take longer than the data takes to arrive (stream_commits.offsets_behind, written
+    from Spark's progress reports)."""
+    window = ctx.limits.keeping_up_batches
+    with ctx.connect() as conn:
+        rows = conn.execute(
+            "SELECT query_name, array_agg(offsets_behind ORDER BY batch_id),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_duration_ms)"
+            " FROM (SELECT query_name, batch_id, offsets_behind, batch_duration_ms,"
+            "       row_number() OVER (PARTITION BY query_name ORDER BY batch_id DESC) AS n"
+            "       FROM stream_commits WHERE offsets_behind IS NOT NULL"
+            "        AND committed_at > %s) recent"
+            " WHERE n <= %s GROUP BY query_name",
+            (ctx.now - ctx.limits.keeping_up_period, window),
+        ).fetchall()
+    trigger = ctx.settings.trigger_seconds
+    for name, behind, median_ms in rows:
+        if len(behind) < window:
+            continue  # too few recent batches to call a trend
+        growing = all(b > a for a, b in zip(behind, behind[1:], strict=False))
+        if growing and behind[-1] >= ctx.limits.lag_warn:
+            took = (median_ms or 0) / 1000
+            yield Finding(
+                f"throughput {name}",
+                "warn",
+                f"query {name} is falling behind: each of its last {window} batches left more "
+                f"messages unread ({behind[0]} -> {behind[-1]}); a batch takes {took:.1f} s "
+                f"(trigger every {trigger:g} s)",
+                "give Spark more cores (CITYOS_SPARK_MASTER, README 'Scaling out') or send fewer "
+                "events; CITYOS_MAX_OFFSETS_PER_TRIGGER bounds a batch, not the backlog",
+            )
+        else:
+            yield Finding(
+                f"throughput {name}",
+                "ok",
+                f"query {name} keeps up ({behind[-1]} messages left by its last batch)",
+            )
 
 
 FRESHNESS_TABLES = (  # table, sensor kind, limit field of Limits

@@ -29,9 +29,9 @@ COLUMNS = ("area", "component", "status", "message", "fix")
 # The doctor's components (cityos/doctor.py) by the area of the platform they belong to.
 AREAS: dict[str, tuple[str, ...]] = {
     "database": ("postgres", "migrations"),
-    "kafka": ("kafka", "topics", "consumer lag"),
-    "streaming": ("streaming", "supervisor", "consumer lag"),
-    "freshness": ("freshness",),
+    "kafka": ("kafka", "topics", "consumer lag", "lag"),
+    "streaming": ("streaming", "supervisor", "query", "throughput", "consumer lag", "lag"),
+    "freshness": ("freshness", "sensors"),
     "airflow": ("airflow", "airflow api"),
     "disk": ("disk",),
     "models": ("nlq model", "anomaly model"),

@@ -67,11 +67,18 @@ def test_a_question_is_focused_on_the_parts_it_names(question: str, focus: tuple
 
 def test_every_component_the_doctor_reports_belongs_to_an_area() -> None:
     components = [
-        "postgres", "migrations", "kafka", "topics", "consumer lag", "streaming", "supervisor",
-        "freshness traffic_5m", "freshness air_quality_1h", "airflow", "airflow api",
-        "disk state", "disk lake", "nlq model", "anomaly model",
+        "postgres", "migrations", "kafka", "topics", "consumer lag", "lag cityos.traffic",
+        "streaming", "supervisor", "query aggregate-traffic", "throughput aggregate-traffic",
+        "freshness traffic_5m", "freshness air_quality_1h", "sensors traffic_5m", "airflow",
+        "airflow api", "disk state", "disk lake", "nlq model", "anomaly model",
     ]  # fmt: skip
     assert [c for c in components if health.area_of(c) == "other"] == []
+
+
+@pytest.mark.integration
+def test_every_component_of_a_real_diagnosis_belongs_to_an_area(nlq_settings: Settings) -> None:
+    found = diagnose(nlq_settings)
+    assert found and [f.component for f in found if health.area_of(f.component) == "other"] == []
 
 
 @pytest.mark.parametrize("focus", [(), ("kafka",), ("freshness", "disk")])

@@ -117,6 +117,35 @@ def test_a_stopped_query_with_waiting_messages_fails(
     assert "`cityos stream run`" in (query.fix or "")
 
 
+def _batches(database_url: str, schema: str, name: str, behind: list[int]) -> None:
+    """Recent merged batches of a query, each with the backlog its progress report gave."""
+    with connect(database_url, schema) as conn:
+        for n, left in enumerate(behind):
+            conn.execute(
+                "INSERT INTO stream_commits (query_name, batch_id, valid_rows, dead_letters,"
+                " committed_at, batch_started_at, batch_duration_ms, offsets_behind)"
+                " VALUES (%s, %s, 100000, 0, now() - make_interval(secs => %s),"
+                "  now() - make_interval(secs => %s), 9000, %s)",
+                (name, n, 10 * (len(behind) - n), 10 * (len(behind) - n) + 9, left),
+            )
+
+
+def test_a_query_whose_backlog_grows_batch_after_batch_is_falling_behind(
+    ops_settings, database_url, pg_schema, topics
+):
+    from cityos.streaming.jobs.aggregate import query_name
+
+    traffic, air = query_name(topics.traffic), query_name(topics.environment)
+    _batches(database_url, pg_schema, traffic, [20_000, 35_000, 52_000, 70_000, 91_000])
+    _batches(database_url, pg_schema, air, [20_000, 35_000, 0, 70_000, 91_000])  # caught up once
+    found = by_component(diagnose(ops_settings))
+    behind = found[f"throughput {traffic}"]
+    assert behind.status == "warn" and "falling behind" in behind.message
+    assert "20000 -> 91000" in behind.message and "9.0 s" in behind.message
+    assert "cores" in (behind.fix or "")
+    assert found[f"throughput {air}"].status == "ok"
+
+
 def test_unreachable_services_fail_and_dependent_checks_say_not_checked(ops_settings):
     broken = ops_settings.model_copy(
         update={
