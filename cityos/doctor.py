@@ -422,7 +422,11 @@ def check_freshness(ctx: _Context) -> Iterable[Finding]:
                     "lines); a live source should be running",
                 )
             else:
-                message = f"the newest window of {table} ended {_ago(age)} ago"
+                message = (
+                    f"the newest window of {table} ended {_ago(age)} ago"
+                    if age >= timedelta(0)
+                    else f"the newest window of {table} is still open (it ends in {_ago(-age)})"
+                )
                 yield Finding(f"freshness {table}", "ok", message)
             if silent and age <= limit:
                 yield Finding(

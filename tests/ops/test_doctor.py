@@ -85,6 +85,9 @@ def test_a_stale_serving_table_warns_and_a_fresh_one_is_ok(ops_settings, databas
     _add_air_window(database_url, pg_schema, now - timedelta(hours=1))
     fresh = by_component(diagnose(ops_settings, now=now))["freshness air_quality_1h"]
     assert fresh.status == "ok" and "60 min ago" in fresh.message
+    open_ = by_component(diagnose(ops_settings, now=now - timedelta(minutes=80)))
+    window = open_["freshness air_quality_1h"]  # the hour 10:00-11:00, asked at 10:40
+    assert window.status == "ok" and "still open (it ends in 20 min)" in window.message
 
     stale = by_component(diagnose(ops_settings, now=now + timedelta(hours=6)))
     assert stale["freshness air_quality_1h"].status == "warn"
