@@ -280,7 +280,7 @@ def topic_folders(lake_dir: Path, topics: Iterable[str]) -> Iterator[Path]:
 # ----------------------------------------------------------------------------- DAG entry points
 
 
-def _utc(moment: datetime) -> datetime:
+def plain_utc(moment: datetime) -> datetime:
     """A plain UTC ``datetime`` (Airflow hands tasks pendulum DateTimes)."""
     if moment.tzinfo is None:
         raise LakeError(f"interval bounds must be timezone-aware: {moment!r}")
@@ -296,7 +296,7 @@ def _topic_dirs(settings: Settings) -> list[Path]:
 
 def compact_lake(settings: Settings, start: datetime, end: datetime) -> dict[str, object]:
     """The `retention` DAG's compaction: every source topic's dates of ``[start, end)``."""
-    results = compact(_topic_dirs(settings), _utc(start), _utc(end))
+    results = compact(_topic_dirs(settings), plain_utc(start), plain_utc(end))
     return {
         "dates": len(results),
         "compacted": sum(not r.skipped for r in results),
@@ -312,5 +312,5 @@ def expire_lake(
 ) -> dict[str, object]:
     """The `retention` DAG's expiry: dates older than the retention before ``end``."""
     days = keep_days or settings.lake_retention_days
-    removed = expire(_topic_dirs(settings), days, _utc(end))
+    removed = expire(_topic_dirs(settings), days, plain_utc(end))
     return {"keep_days": days, "removed": [f"{p.parent.name}/{p.name}" for p in removed]}

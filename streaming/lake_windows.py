@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,14 +175,6 @@ def lake_partials(
     return out
 
 
-def _plain_utc(moment: datetime) -> datetime:
-    """A plain aware-UTC ``datetime`` (Airflow hands tasks pendulum DateTimes)."""
-    if moment.tzinfo is None:
-        raise LakeError(f"interval bounds must be timezone-aware: {moment!r}")
-    m = moment.astimezone(UTC)
-    return datetime(m.year, m.month, m.day, m.hour, m.minute, m.second, m.microsecond, tzinfo=UTC)
-
-
 def _shadow(cur: psycopg.Cursor, tables: Sequence[ServingTable]) -> None:
     """Empty temporary copies of the serving and accumulator tables (keys, checks, defaults),
     found first by every unqualified name until the transaction ends."""
@@ -220,7 +212,7 @@ def lake_serving(
 ) -> Iterator[LakeRead]:
     """Within the block, ``traffic_5m`` and ``air_quality_1h`` of ``conn`` hold the windows of
     ``[start, end)`` computed from the lake; rolled back at the end (see the module docstring)."""
-    start, end = _plain_utc(start), _plain_utc(end)
+    start, end = lake.plain_utc(start), lake.plain_utc(end)
     read = LakeRead(lake_dir, start, end)
     began = time.monotonic()
     partials = lake_partials(spark, lake_dir, topics, start, end, read)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from kafka import KafkaProducer
 
 from cityos import events
 from cityos.db import connect
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
+from tests.integration.test_pipeline import produce
 from tests.jobs.conftest import spark  # noqa: F401 - the shared session
 
 pytestmark = pytest.mark.integration
@@ -64,14 +64,6 @@ def readings(n: int) -> list[dict]:
             )
         )
     return out
-
-
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for key, value in records:
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
 
 
 def commits(database_url: str, schema: str, name: str) -> list[tuple]:
