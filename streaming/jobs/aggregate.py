@@ -12,7 +12,6 @@ completes the batch's row with its duration and the offsets it left behind (:cla
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import re
@@ -35,6 +34,7 @@ from cityos.db import connect
 from cityos.errors import CityOSError, ConfigError
 from cityos.settings import Settings
 from cityos.streaming.jobs.errors import StreamingJobError
+from cityos.streaming.jobs.frames import literal_frame
 from cityos.streaming.jobs.sinks import (
     AIR_PARTIALS,
     TRAFFIC_PARTIALS,
@@ -116,36 +116,6 @@ class SensorRegistry:
                 self._read_at = time.monotonic()
                 log.info("sensor registry: %d sensors", len(ids))
             return self._frame
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def literal_frame(spark: SparkSession, columns: list[str], rows: list[tuple]) -> DataFrame:
-    """A small DataFrame held in the plan as one JSON literal, parsed in the JVM.
-
-    ``spark.createDataFrame(list)`` is backed by a Python RDD: every micro-batch that broadcasts
-    it starts Python workers to unpickle the rows. One ``F.lit`` per value (the previous way)
-    stays in the JVM but costs a Py4J call per value and an analysis of a thousand-element
-    array: with 1,000 sensors, 4.6-11.5 s of every micro-batch, growing batch after batch
-    (the benchmark's end-to-end phase, instrumented); with this, its steady rate went from
-    4.1-5.1k to 11.6k events/s. Values: text, or UTC datetimes (carried as epoch micros).
-    """
-    if not rows:  # typed as text, like the sensor ids it stands for
-        return spark.range(0).select(*(F.lit(None).cast("string").alias(c) for c in columns))
-    times = {c for i, c in enumerate(columns) if isinstance(rows[0][i], datetime)}
-    fields = ", ".join(f"`{c}`: {'bigint' if c in times else 'string'}" for c in columns)
-    data = json.dumps(
-        [
-            {c: ((v - _EPOCH) // timedelta(microseconds=1) if c in times else v)
-             for c, v in zip(columns, row, strict=True)}
-            for row in rows
-        ]
-    )
-    parsed = spark.range(1).select(F.inline(F.from_json(F.lit(data), f"array<struct<{fields}>>")))
-    return parsed.select(
-        *(F.timestamp_micros(c).alias(c) if c in times else F.col(c) for c in columns)
-    )
 
 
 DB_RETRY_S = (1, 2, 4, 8, 15, 30, 30, 30, 30, 30)  # about three minutes of PostgreSQL outage
@@ -520,6 +490,13 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str) -> DataFrame
 
 Until = Literal["available", "stopped"]
 
+STREAMING_CONF = {
+    # a micro-batch's cache lives for seconds: compressing its columns cost more than it saved
+    # (parse + validate + cache + batch_stats + partials of 500k events: 11.4 -> 8.1 s, median
+    # of 5; the cache of a 125k batch is tens of MB uncompressed)
+    "spark.sql.inMemoryColumnarStorage.compressed": "false",
+}
+
 
 def start_query(spark: SparkSession, job: TopicJob, until: Until) -> StreamingQuery:
     job.check_checkpoint()
@@ -565,6 +542,9 @@ def run_pipeline(
 
         spark = spark_session(settings, "cityos-aggregate")
     metrics.attach_listener(spark)  # query progress -> Prometheus (once per session)
+    # before the queries start: each runs on a clone of the session's configuration
+    for key, value in STREAMING_CONF.items():
+        spark.conf.set(key, value)
     jobs = topic_jobs(settings, method)
     reports = BatchReports(settings, {job.name for job in jobs})  # -> stream_commits
     spark.streams.addListener(reports.listener)
