@@ -200,6 +200,7 @@ class TopicJob:
     def process(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: validate, dead-letter, lake, aggregate, merge; skip merged batches."""
         started = datetime.now(UTC)
+        clock = _StageClock()
         spark = batch.sparkSession
 
         def state(conn):  # noqa: ANN001, ANN202
@@ -207,6 +208,7 @@ class TopicJob:
             return done, watermark, None if done else self.sensors_with_watermarks(spark, conn)
 
         done, watermark, sensors = self.with_db(state)
+        clock.lap("state")
         if done:
             log.info("%s batch %d was merged before a restart: skipped", self.name, batch_id)
             return
@@ -223,14 +225,18 @@ class TopicJob:
             {"key": F.when(dead, F.col("key")), "value": F.when(dead, F.col("value"))}
         ).persist()
         try:
-            self._sink(judged, batch_id, watermark, started)
+            self._sink(judged, batch_id, watermark, started, clock)
         finally:
             judged.unpersist()
 
     def _sink(
-        self, judged: DataFrame, batch_id: int, watermark: datetime | None, started: datetime
+        self,
+        judged: DataFrame,
+        batch_id: int,
+        watermark: datetime | None,
+        started: datetime,
+        clock: _StageClock,
     ) -> None:
-        clock = _StageClock()
         stats = batch_stats(judged)
         clock.lap("judge")
         by_reason = {r.reason: r.n for r in stats if r.reason is not None}
