@@ -1,4 +1,5 @@
-"""What ``stream_commits`` records about each batch's timing and lag, from a real streaming run.
+"""What ``stream_commits`` records about each batch's timing and lag, from a real streaming run;
+and that a batch whose lake write fails is not recorded, so a restart replays it once.
 
 Real traffic readings go to this test's own topic; the job runs with availableNow and a small
 ``maxOffsetsPerTrigger``, so the topic is read in several batches and each batch but the last
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 
 from cityos import events
 from cityos.db import connect
+from cityos.streaming.jobs import aggregate
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
+from cityos.streaming.jobs.errors import StreamingJobError
 from tests.integration.test_pipeline import produce
 from tests.jobs.conftest import spark  # noqa: F401 - the shared session
 
@@ -129,3 +133,44 @@ def test_each_batch_records_its_duration_and_the_offsets_it_left(
     (checkpoint / f".{last}.crc").unlink(missing_ok=True)
     run_pipeline(job_settings, until="available", spark=spark)
     assert commits(database_url, pg_schema, query_name(topics.traffic)) == rows
+
+
+def test_a_failed_lake_write_fails_its_batch_and_the_restart_merges_it_once(
+    job_settings,
+    topics,
+    kafka_bootstrap,
+    database_url,
+    pg_schema,
+    spark,  # noqa: F811
+    monkeypatch,
+) -> None:
+    """A lake write that fails must stop the batch before the PostgreSQL commit, or the replay
+    would skip a batch the lake never got."""
+    register(database_url, pg_schema)
+    traffic = readings(20)
+    records = [(events.key_of(e), events.encode(e)) for e in traffic]
+    records.append((SENSOR.encode(), b"{}"))  # and a dead letter
+    produce(kafka_bootstrap, topics.traffic, records)
+    settings = job_settings.model_copy(update={"max_offsets_per_trigger": None})  # one batch
+    real_write = aggregate.write_lake
+
+    def failing_write(*_args: object) -> None:
+        raise OSError("lake volume full")
+
+    monkeypatch.setattr(aggregate, "write_lake", failing_write)
+    with pytest.raises(StreamingJobError, match="lake volume full"):
+        run_pipeline(settings, until="available", spark=spark)
+    name = query_name(topics.traffic)
+    assert commits(database_url, pg_schema, name) == []
+    with connect(database_url, pg_schema) as conn:
+        assert conn.execute("SELECT count(*) FROM traffic_5m").fetchone()[0] == 0
+
+    monkeypatch.setattr(aggregate, "write_lake", real_write)
+    run_pipeline(settings, until="available", spark=spark)
+    rows = commits(database_url, pg_schema, name)
+    assert [(r[0], r[1]) for r in rows] == [(0, len(records))]  # the same batch, merged once
+    with connect(database_url, pg_schema) as conn:
+        vehicles = conn.execute("SELECT sum(vehicle_count) FROM traffic_5m").fetchone()[0]
+    assert vehicles == sum(e["intensity"] for e in traffic)
+    lake = pd.read_parquet(settings.lake_dir / topics.traffic)
+    assert len(lake) == len(traffic)
