@@ -22,12 +22,14 @@ log = logging.getLogger(__name__)
 # method. Compiling it anyway: parse + validate + aggregate of 500k events 12.0 -> 7.7-8.3 s
 # (min of 3-5 runs; streaming/README.md, "Where a micro-batch spends its time").
 JIT_OPTIONS = "-XX:-DontCompileHugeMethods"
+# every JVM of a session; spark_session adds the driver's log settings
+JAVA_OPTIONS = f"-Duser.timezone=UTC {JIT_OPTIONS}"
 
 # Settings every CityOS session gets; why each matters is said next to it.
 BASE_CONF = {
     "spark.sql.session.timeZone": "UTC",  # windows and lake dates in UTC, whatever the host says
-    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC " + JIT_OPTIONS,
-    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC " + JIT_OPTIONS,
+    "spark.driver.extraJavaOptions": JAVA_OPTIONS,
+    "spark.executor.extraJavaOptions": JAVA_OPTIONS,
     "spark.driver.memory": "1g",  # one local JVM on a shared 2-core machine
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
@@ -62,10 +64,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log4j = resources.files("cityos") / "data" / "log4j2-spark.properties"
-    java_options = (
-        f"-Duser.timezone=UTC {JIT_OPTIONS} -Dlog4j2.configurationFile={log4j} "
-        f"-Dcityos.log.dir={logs}"
-    )
+    java_options = f"{JAVA_OPTIONS} -Dlog4j2.configurationFile={log4j} -Dcityos.log.dir={logs}"
     for key, value in {**BASE_CONF, "spark.driver.extraJavaOptions": java_options}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -152,7 +152,6 @@ def test_a_failed_lake_write_fails_its_batch_and_the_restart_merges_it_once(
     records.append((SENSOR.encode(), b"{}"))  # and a dead letter
     produce(kafka_bootstrap, topics.traffic, records)
     settings = job_settings.model_copy(update={"max_offsets_per_trigger": None})  # one batch
-    real_write = aggregate.write_lake
 
     def failing_write(*_args: object) -> None:
         raise OSError("lake volume full")
@@ -165,7 +164,7 @@ def test_a_failed_lake_write_fails_its_batch_and_the_restart_merges_it_once(
     with connect(database_url, pg_schema) as conn:
         assert conn.execute("SELECT count(*) FROM traffic_5m").fetchone()[0] == 0
 
-    monkeypatch.setattr(aggregate, "write_lake", real_write)
+    monkeypatch.undo()  # the real lake write
     run_pipeline(settings, until="available", spark=spark)
     rows = commits(database_url, pg_schema, name)
     assert [(r[0], r[1]) for r in rows] == [(0, len(records))]  # the same batch, merged once
