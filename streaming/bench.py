@@ -22,11 +22,13 @@ end to end
     the end of the last batch (whose PostgreSQL commit is part of it), from progress events.
 latency
     The live pipeline (trigger every ``trigger_seconds``) while a load generator sends at a fixed
-    rate. A poller reads ``stream_commits`` every 100 ms and notes when each batch first became
-    visible. Afterwards the batch end offsets are read from the query's checkpoint
-    (``offsets/<batch>``) and the topic is read back: each event belongs to the batch whose
-    offset range holds it, and its latency is (batch first seen in PostgreSQL) - producedAt.
-    Resolution: the poll interval (100 ms) and producedAt's milliseconds; one host, one clock.
+    rate from a process of its own (as sources do: in the job's interpreter it held the GIL
+    the micro-batches' Py4J calls wait for). A poller reads ``stream_commits`` every 100 ms
+    and notes when each batch first became visible. Afterwards the batch end offsets are read
+    from the query's checkpoint (``offsets/<batch>``) and the topic is read back: each event
+    belongs to the batch whose offset range holds it, and its latency is (batch first seen in
+    PostgreSQL) - producedAt. Resolution: the poll interval (100 ms) and producedAt's
+    milliseconds; one host, one clock.
 sink
     The same prepared traffic partial-sum rows merged with ``merge_batch`` by COPY and by
     executemany, into emptied accumulators each time; rows/s = rows / merge time.
@@ -549,8 +551,7 @@ def bench_e2e(run: Run, spark: Any, progress: Progress, pool: Sequence[events.Ev
 
 def bench_latency(run: Run, spark: Any, progress: Progress) -> dict[str, Any]:
     from cityos.streaming.jobs.aggregate import query_name, run_pipeline
-    from cityos.streaming.producer import make_producer
-    from cityos.streaming.sources.loadgen import LoadGenerator, Target
+    from cityos.streaming.sources.loadgen import Target, run_in_process
 
     p = run.params
     settings = run.settings("latency")
@@ -572,10 +573,10 @@ def bench_latency(run: Run, spark: Any, progress: Progress) -> dict[str, Any]:
     job.start()
     _wait(lambda: len(spark.streams.active) >= 2 or failure, 120, "the live queries to start")
     time.sleep(settings.trigger_seconds)  # past the first (empty) trigger
-    producer = make_producer(settings.kafka_bootstrap, "confluent", client_id="cityos-bench-load")
-    load = LoadGenerator([Target(s, "traffic") for s in run.sensor_ids()], seed=5)
-    stats = load.run(producer, topics, rate=p.latency_rate, duration_s=p.latency_seconds)
-    producer.close()
+    stats = run_in_process(
+        settings.kafka_bootstrap, "confluent", [Target(s, "traffic") for s in run.sensor_ids()],
+        topics, rate=p.latency_rate, duration_s=p.latency_seconds, seed=5,
+    )
     _wait(
         lambda: poller.valid_rows(qname) >= stats.delivered or failure,
         180,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import random
 import threading
 import time
@@ -199,3 +200,66 @@ class LoadGenerator:
         producer.flush()
         stats.delivered, stats.failed = producer.stats.sent, producer.stats.failed
         return stats
+
+
+# --------------------------------------------------------------------------- in its own process
+def run_in_process(
+    bootstrap: str,
+    client: str,
+    targets: list[Target],
+    topics: Topics,
+    *,
+    rate: float,
+    duration_s: float,
+    seed: int = 7,
+    malformed_share: float = 0.0,
+) -> LoadStats:
+    """:meth:`LoadGenerator.run` in a child process, which makes its own producer.
+
+    A generator in the same interpreter as a Spark driver competes for its GIL: every Py4J call
+    of a micro-batch then waits for the generator's loop to let go of it. Sources never share
+    the job's process in a deployment, so the latency benchmark must not either.
+    """
+    ctx = multiprocessing.get_context("spawn")  # no forked copy of a JVM gateway's threads
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_child,
+        args=(send, bootstrap, client, targets, topics.prefix, rate, duration_s, seed,
+              malformed_share),
+        name="cityos-load",
+        daemon=True,
+    )
+    child.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        outcome = f"its process ended with code {child.exitcode} before reporting"
+    finally:
+        child.join(timeout=30)
+    if isinstance(outcome, str):
+        from cityos.streaming.producer import ProducerError
+
+        raise ProducerError(f"the load generator failed: {outcome}")
+    return outcome
+
+
+def _child(send: Any, bootstrap: str, client: str, targets: list[Target], prefix: str,
+           rate: float, duration_s: float, seed: int, malformed_share: float) -> None:
+    """The child's side of :func:`run_in_process`: sends the LoadStats, or the error's text."""
+    from cityos.streaming.producer import make_producer
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    outcome: LoadStats | str
+    try:
+        producer = make_producer(bootstrap, client, client_id="cityos-load")
+        try:
+            generator = LoadGenerator(targets, malformed_share=malformed_share, seed=seed)
+            outcome = generator.run(producer, Topics(prefix), rate=rate, duration_s=duration_s)
+        finally:
+            producer.close()
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises
+        outcome = f"{type(err).__name__}: {err}"
+    send.send(outcome)
+    send.close()

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer
 from cityos import events
 from cityos.db import connect
 from cityos.settings import SHARED_DIR
-from cityos.streaming.producer import make_producer
+from cityos.streaming.producer import ProducerError, make_producer
 from cityos.streaming.sources import loadgen, replay, twin
 from cityos.streaming.sources.registry import open_city, register_twin, write_city, write_sensors
 
@@ -124,6 +124,20 @@ def test_load_generator_with_malformed_share(kafka_bootstrap, topics):
     bad = [r for r in records if events.check(r.value, max_bytes=64 * 1024)]
     # every malformed event except unknown sensors is caught by the shared validation
     assert 0 < len(bad) <= stats.malformed
+
+
+def test_load_generator_in_a_process_of_its_own(kafka_bootstrap, topics):
+    """The latency benchmark's generator runs beside the Spark driver, not in its interpreter."""
+    targets = loadgen.synthetic_targets(20, air_share=0.0)
+    stats = loadgen.run_in_process(kafka_bootstrap, "confluent", targets, topics, rate=300,
+                                   duration_s=1.5, seed=3)
+    assert stats.failed == 0 and stats.delivered == stats.sent >= 300
+    records = consume(kafka_bootstrap, topics.traffic, stats.sent)
+    assert len(records) == stats.sent
+    assert {r.key.decode() for r in records} <= {t.sensor_id for t in targets}
+    with pytest.raises(ProducerError, match="the load generator failed: .*no-such-client"):
+        loadgen.run_in_process(kafka_bootstrap, "no-such-client", targets, topics, rate=10,
+                               duration_s=0.1)
 
 
 def test_delivery_failures_are_counted_not_silent(kafka_bootstrap, topics):
