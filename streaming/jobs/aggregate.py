@@ -1,6 +1,6 @@
 """The streaming job: one query per source topic, each micro-batch validated, laked, aggregated.
 
-    read_topic -> parse -> classify -> write_dlq / write_lake -> partials -> merge_batch
+    read_topic -> parse -> classify -> batch_summary -> write_lake / write_dlq -> merge_batch
 
 Each query is named ``aggregate-<topic>`` and checkpoints under
 ``<state_dir>/checkpoints/<query name>``. Everything per batch happens in :meth:`TopicJob.process`
@@ -36,18 +36,13 @@ from cityos.settings import Settings
 from cityos.streaming.jobs.errors import StreamingJobError
 from cityos.streaming.jobs.frames import literal_frame
 from cityos.streaming.jobs.sinks import (
-    AIR_PARTIALS,
-    TRAFFIC_PARTIALS,
     BatchCommit,
     BatchReport,
     Method,
-    as_utc,
     batch_state,
     has_commits,
-    lake_date,
     log_dead_letters,
     merge_batch,
-    partial_rows,
     record_report,
     sensor_progress,
     write_dlq,
@@ -55,7 +50,7 @@ from cityos.streaming.jobs.sinks import (
 )
 from cityos.streaming.jobs.spec import TOPIC_SPECS, TopicSpec
 from cityos.streaming.jobs.validate import Limits, classify, parse
-from cityos.streaming.jobs.windows import air_partials, traffic_partials
+from cityos.streaming.jobs.windows import BatchSummary, batch_summary
 from cityos.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -237,18 +232,12 @@ class TopicJob:
         started: datetime,
         clock: _StageClock,
     ) -> None:
-        stats = batch_stats(judged)
+        summary = BatchSummary.of(batch_summary(judged, self.spec.event_types).collect())
         clock.lap("judge")
-        by_reason = {r.reason: r.n for r in stats if r.reason is not None}
-        per_sensor = [r for r in stats if r.reason is None]  # one row per sensor: valid rows
-        valid_n = sum(r.n for r in per_sensor)
-        latest = max((r.latest for r in per_sensor), default=None)
-        dead_n = sum(by_reason.values())
-        valid = judged.where(F.col("reason").isNull())
-        if per_sensor:
+        valid_n, dead_n = summary.valid, summary.dead
+        if valid_n:
             lake = self.settings.lake_dir / self.topic  # type: ignore[operator]
-            dates = sorted({d for r in per_sensor for d in r.dates})
-            write_lake(valid, lake, batch_id, dates)
+            write_lake(judged.where(F.col("reason").isNull()), lake, batch_id, summary.dates)
             clock.lap("lake")
         if dead_n:
             invalid = judged.where(F.col("reason").isNotNull())
@@ -256,16 +245,12 @@ class TopicJob:
             write_dlq(invalid, self.settings.kafka_bootstrap, dlq)
             log_dead_letters(invalid, dlq, dead_n)
             clock.lap("dlq")
-        if latest is not None:
-            candidate = as_utc(latest) - self.lateness
+        if summary.latest is not None:
+            candidate = summary.latest - self.lateness
             watermark = candidate if watermark is None else max(watermark, candidate)
-        traffic = air = []
-        if valid_n and events.TRAFFIC in self.spec.event_types:
-            traffic = partial_rows(traffic_partials(valid), TRAFFIC_PARTIALS)
-        if valid_n and events.AIR in self.spec.event_types:
-            air = partial_rows(air_partials(valid), AIR_PARTIALS)
-        progress = [(r.sensor, as_utc(r.latest)) for r in per_sensor]
-        clock.lap("windows")
+        traffic = summary.partials.get(events.TRAFFIC, [])
+        air = summary.partials.get(events.AIR, [])
+        progress = [(sensor, latest) for sensor, (_, latest) in summary.sensors.items()]
         commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n, started)
         merged = self.with_db(lambda conn: merge_batch(
             conn, commit, traffic=traffic, air=air, method=self.method, progress=progress))
@@ -282,7 +267,7 @@ class TopicJob:
         log.info(
             "%s batch %d: %d valid, %d dead letters %s, %d traffic + %d air windows, "
             "watermark %s; %s",
-            self.name, batch_id, valid_n, dead_n, by_reason or "", len(traffic), len(air),
+            self.name, batch_id, valid_n, dead_n, summary.by_reason or "", len(traffic), len(air),
             watermark.isoformat() if watermark else "-", clock,
         )
 
@@ -334,25 +319,6 @@ class TopicJob:
         with connect(s.database_url.get_secret_value(), s.database_schema,
                      autocommit=True) as conn:
             self.scorer.checkpoint(conn)
-
-
-def batch_stats(judged: DataFrame) -> list[Any]:
-    """One Spark job for what a batch needs to know of itself: rows per dead-letter reason, and
-    per sensor of the valid rows their count, newest event time (epoch micros: the sensor's
-    progress) and lake dates. Rows: ``reason``, ``sensor`` (NULL for dead letters), ``n``,
-    ``latest``, ``dates``. Measured on cached batches of the demo's traffic rows (warm session,
-    median of 15 runs): 2k / 20k / 125k rows took 244 / 195 / 216 ms
-    as two jobs (by reason, then per sensor) and 159 / 121 / 156 ms as this one."""
-    valid = F.col("reason").isNull()
-    return (
-        judged.groupBy("reason", F.when(valid, F.col("sensor_id")).alias("sensor"))
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            F.max(F.unix_micros("event_time")).alias("latest"),
-            F.collect_set(lake_date()).alias("dates"),
-        )
-        .collect()
-    )
 
 
 class _StageClock:
