@@ -1,4 +1,4 @@
-"""Small per-batch frames whose values are data, not code."""
+"""Small per-batch frames whose values are data, not code; times travel as epoch micros."""
 
 from __future__ import annotations
 
@@ -36,3 +36,8 @@ def literal_frame(spark: SparkSession, columns: list[str], rows: list[tuple]) ->
     return parsed.select(
         *(F.timestamp_micros(c).alias(c) if c in times else F.col(c) for c in columns)
     )
+
+
+def as_utc(micros: int) -> datetime:
+    """Spark's unix_micros -> aware UTC datetime (no dependence on the Python process zone)."""
+    return _EPOCH + timedelta(microseconds=micros)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from cityos.metrics import source_lag
 from cityos.streaming.jobs.aqi import POLLUTANTS, aqi
+from cityos.streaming.jobs.frames import as_utc
 from cityos.streaming.jobs.windows import AIR_MEASURES, AIR_PARTIALS, TRAFFIC_PARTIALS
 from cityos.topics import DLQ_MAX_MESSAGE_BYTES
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 Method = Literal["copy", "executemany"]
 DEFAULT_SPEED_LIMIT_KMH = 50.0  # a sensor without speed_limit_kmh: the urban limit in Germany
 DLQ_LOG_SAMPLE = 20  # dead letters logged one by one per batch; the rest are counted
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 WINDOW_KEYS = ("sensor_id", "window_start", "window_end")
 AIR_SERVING = (
@@ -187,11 +187,6 @@ def has_commits(conn: psycopg.Connection, query_name: str) -> bool:
     cur = conn.execute("SELECT EXISTS (SELECT 1 FROM stream_commits WHERE query_name = %s)",
                        (query_name,))
     return bool(cur.fetchone()[0])  # type: ignore[index]
-
-
-def as_utc(micros: int) -> datetime:
-    """Spark's unix_micros -> aware UTC datetime (no dependence on the Python process zone)."""
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def partial_rows(partials: DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -9,13 +9,14 @@ merge checks ``stream_commits`` first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cityos import events
+from cityos.streaming.jobs.frames import as_utc
 
 WINDOW_SECONDS = {events.TRAFFIC: 5 * 60, events.AIR: 3600}  # tumbling, aligned to the epoch
 OTHER_WINDOW_S = 3600  # types without partial sums (noise): windows only for the batch's stats
@@ -134,13 +135,6 @@ def batch_summary(judged: DataFrame, event_types: tuple[str, ...]) -> DataFrame:
     ).agg(F.count(F.lit(1)).alias("n"), F.max(micros).alias("latest"), *sums)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _utc(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
 @dataclass
 class BatchSummary:
     """:func:`batch_summary`'s rows, sorted out: dead letters per reason; per sensor its valid
@@ -160,9 +154,9 @@ class BatchSummary:
                 out.by_reason[r.reason] = r.n
                 continue
             n, latest = out.sensors.get(r.sensor, (0, None))
-            newest = _utc(r.latest)
+            newest = as_utc(r.latest)
             out.sensors[r.sensor] = (n + r.n, newest if latest is None else max(latest, newest))
-            start = _utc(r.window_start)
+            start = as_utc(r.window_start)
             out.dates.add(start.strftime("%Y-%m-%d"))  # a window never spans two UTC days
             if r.type in SUMS:
                 end = start + timedelta(seconds=WINDOW_SECONDS[r.type])
