@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from cityos import events
+from cityos.streaming.producer import ProducerError, make_producer
 from cityos.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,6 @@ def run_in_process(
     finally:
         child.join(timeout=30)
     if isinstance(outcome, str):
-        from cityos.streaming.producer import ProducerError
-
         raise ProducerError(f"the load generator failed: {outcome}")
     return outcome
 
@@ -247,8 +246,6 @@ def run_in_process(
 def _child(send: Any, bootstrap: str, client: str, targets: list[Target], prefix: str,
            rate: float, duration_s: float, seed: int, malformed_share: float) -> None:
     """The child's side of :func:`run_in_process`: sends the LoadStats, or the error's text."""
-    from cityos.streaming.producer import make_producer
-
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     outcome: LoadStats | str
