@@ -1,9 +1,11 @@
 """Lake upkeep: compact a date's many small batch folders into one, and expire old dates.
 
 The streaming job writes each micro-batch of a topic to ``<lake>/<topic>/date=D/batch=N``
-(``streaming/jobs/sinks.py``): a day of 2-second triggers leaves tens of thousands of small
-files. :func:`compact_date` rewrites a date as one folder ``batch=-1`` (Spark's batch ids start
-at 0, so no replayed batch can ever overwrite it) holding a few large files, rows de-duplicated on
+(``streaming/jobs/sinks.py``; the batch is staged under ``<lake>/<topic>/_staging`` and renamed
+into place; since 2026-11-29 its files also carry ``key`` and ``value``, NULL for every valid
+row): a day of 2-second triggers leaves tens of thousands of small files.
+:func:`compact_date` rewrites a date as one folder ``batch=-1`` (Spark's batch ids start at 0,
+so no replayed batch can ever overwrite it) holding a few large files, rows de-duplicated on
 their Kafka coordinates (a batch replayed after a crash can land twice) and sorted by event time.
 
 Readers never see a half state: the new date folder is built under a hidden name (readers skip

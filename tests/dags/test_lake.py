@@ -176,21 +176,34 @@ def test_spark_int96_timestamps_come_back_as_utc_microseconds(tmp_path: Path) ->
 
 @pytest.mark.integration
 def test_spark_reads_a_compacted_lake_as_it_read_the_batches(tmp_path: Path, spark) -> None:  # noqa: F811
-    """The streaming job's own writer (write_lake) makes the batches; Spark reads both states.
+    """The streaming job's own writers (stage_batch, write_lake) make the batches, after two
+    written as before staging (no key/value columns); Spark reads both states.
 
     The session is the run's shared one (``tests/jobs/conftest.py``, with the project's jars):
     a session of its own would be the one every later test's ``getOrCreate`` returns."""
     from pyspark.sql import functions as F
 
-    from cityos.streaming.jobs.sinks import write_lake
+    from cityos.streaming.jobs.sinks import stage_batch, staging_folder, write_lake
 
     rows = lake_rows(air_events(DAY, DAY + timedelta(days=1)), "environment")
-    frame = spark.createDataFrame(pd_frame(rows))
+    judged = spark.createDataFrame(pd_frame(rows)).withColumnRenamed("kafka_timestamp", "timestamp")
+    judged = judged.withColumns({  # as the job's judged rows: all valid, bytes for DLQ only
+        "reason": F.lit(None).cast("string"),
+        "key": F.lit(None).cast("binary"),
+        "value": F.lit(None).cast("binary"),
+    })
     topic_dir = tmp_path / "environment"
     for batch in range(6):  # four hours a batch
         lo, hi = DAY + timedelta(hours=4 * batch), DAY + timedelta(hours=4 * (batch + 1))
-        part = frame.where((F.col("event_time") >= lo) & (F.col("event_time") < hi))
-        write_lake(part, topic_dir, batch, ["2014-01-15"])
+        part = judged.where((F.col("event_time") >= lo) & (F.col("event_time") < hi))
+        if batch < 2:  # as the job wrote the lake before staging: no key and value columns
+            folder = topic_dir / "date=2014-01-15" / f"batch={batch}"
+            part.drop("reason", "key", "value").withColumnRenamed(
+                "timestamp", "kafka_timestamp").write.parquet(str(folder))
+            continue
+        staged = staging_folder(topic_dir, batch)
+        stage_batch(part, staged)
+        write_lake(staged, topic_dir, batch, ["2014-01-15"])
 
     def summary() -> list[tuple]:
         df = spark.read.parquet(str(topic_dir))

@@ -202,6 +202,8 @@ def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url
     # the lake holds exactly the valid events, by event date and batch
     lake = pd.read_parquet(job_settings.lake_dir / topics.traffic)
     assert len(lake) == len(traffic) and set(lake.date.astype(str)) == {"2016-12-19"}
+    staging = job_settings.lake_dir / topics.traffic / "_staging"
+    assert staging.is_dir() and not any(staging.iterdir())  # each batch's staging is cleared
 
     # restart: forget that the last traffic batch finished; Spark replays it from the checkpoint
     traffic_job = next(j for j in jobs if j.topic == topics.traffic)
