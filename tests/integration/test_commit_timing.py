@@ -173,3 +173,7 @@ def test_a_failed_lake_write_fails_its_batch_and_the_restart_merges_it_once(
     assert vehicles == sum(e["intensity"] for e in traffic)
     lake = pd.read_parquet(settings.lake_dir / topics.traffic)
     assert len(lake) == len(traffic)
+    # the empty environment topic's first batch is committed without staging anything
+    empty = commits(database_url, pg_schema, query_name(topics.environment))
+    assert [(r[0], r[1]) for r in empty] == [(0, 0)]
+    assert not (settings.lake_dir / topics.environment).exists()
