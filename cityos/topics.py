@@ -5,7 +5,9 @@ A prefix isolates one deployment or one test from another on a shared broker.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 # A dead letter carries the original bytes plus reason headers, so its topic takes messages
 # larger than any source topic would (the broker default is about 1 MiB): a 1 MB event that is
@@ -56,3 +58,13 @@ class Topics:
 
     def all(self) -> list[str]:
         return [*self.sources(), *(self.dlq(t) for t in self.sources()), self.alerts, self.control]
+
+
+def checkpoint_end_offsets(offsets_file: Path, topic: str) -> dict[int, int]:
+    """{partition: end offset (exclusive)} of one topic in one batch of a Spark query, from the
+    batch's file in the checkpoint's offset log (``<checkpoint>/offsets/<batch id>``: a version
+    line, the batch metadata, then one JSON line per source). Spark writes it before the batch
+    runs."""
+    lines = offsets_file.read_text().splitlines()
+    sources = [json.loads(line) for line in lines[2:] if line.startswith("{")]
+    return {int(p): o for source in sources for p, o in source.get(topic, {}).items()}

@@ -37,7 +37,6 @@ sink
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import math
 import os
@@ -58,7 +57,7 @@ from psycopg import sql
 from cityos import events
 from cityos.db import connect, migrate
 from cityos.settings import Settings, load_settings
-from cityos.topics import Topics
+from cityos.topics import Topics, checkpoint_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +119,11 @@ def summarize(latencies: Sequence[float]) -> dict[str, float | int]:
 
 def read_batch_offsets(offsets_dir: Path, topic: str) -> dict[int, dict[int, int]]:
     """batch id -> {partition: end offset (exclusive)} from a query checkpoint's offset log."""
-    ends: dict[int, dict[int, int]] = {}
-    for path in offsets_dir.iterdir():
-        if not path.name.isdigit():
-            continue
-        lines = path.read_text().splitlines()
-        source = json.loads(lines[2])  # v1, batch metadata, then one line per source
-        ends[int(path.name)] = {int(p): o for p, o in source.get(topic, {}).items()}
-    return ends
+    return {
+        int(path.name): checkpoint_end_offsets(path, topic)
+        for path in offsets_dir.iterdir()
+        if path.name.isdigit()
+    }
 
 
 class BatchIndex:
