@@ -20,6 +20,11 @@ raw consume
 end to end
     N events produced up front, then the pipeline ``availableNow``; time = first batch start to
     the end of the last batch (whose PostgreSQL commit is part of it), from progress events.
+steps
+    The first ``max_offsets_per_trigger`` events of the end-to-end topic (one steady batch) read
+    as a Spark batch job, the micro-batch's steps added one at a time: read only, + parse,
+    + validate, + stage as Parquet, + the summary from the staged files. Round-robin rounds; each
+    step's figure is the median wall time; ``vs_read`` = read's median / the step's median.
 latency
     The live pipeline (trigger every ``trigger_seconds``) while a load generator sends at a fixed
     rate from a process of its own (as sources do: in the job's interpreter it held the GIL
@@ -43,6 +48,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +85,7 @@ class Params:
     latency_warmup_s: float = 30.0  # latencies of events produced later count as steady state
     sink_rows: int = 50_000
     sensors: int = 1000
+    step_reps: int = 3
 
     @classmethod
     def quick(cls) -> Params:
@@ -91,6 +98,7 @@ class Params:
             latency_warmup_s=5.0,
             sink_rows=5_000,
             sensors=200,
+            step_reps=2,
         )
 
 
@@ -415,12 +423,33 @@ def _consumer(bootstrap: str, topic: str) -> tuple[Any, list[Any], int]:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "cityos-bench", "enable.auto.commit": False}
     )
+    bounds = _partition_bounds(consumer, topic)
+    target = sum(high - low for low, high in bounds.values())
+    return consumer, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in bounds], target
+
+
+def _partition_bounds(consumer: Any, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (first, end) offsets of ``topic`` now (a confluent-kafka consumer)."""
+    from confluent_kafka import TopicPartition
+
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    target = 0
-    for p in parts:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        target += high - low
-    return consumer, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts], target
+    return {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        for p in sorted(parts)
+    }
+
+
+def first_offsets(bounds: dict[int, tuple[int, int]], n: int) -> dict[int, tuple[int, int]]:
+    """The (start, end) offsets per partition of the first ``n`` records of a topic, taken as
+    evenly from its partitions as their sizes allow (fewer when the topic holds fewer)."""
+    out: dict[int, tuple[int, int]] = {}
+    left = n
+    by_size = sorted(bounds.items(), key=lambda b: b[1][1] - b[1][0])  # the smallest first
+    for i, (p, (low, high)) in enumerate(by_size):
+        take = min(high - low, left // (len(by_size) - i))
+        out[p] = (low, low + take)
+        left -= take
+    return dict(sorted(out.items()))
 
 
 def confluent_raw_count(bootstrap: str, topic: str) -> dict[str, Any]:
@@ -545,6 +574,110 @@ def bench_e2e(run: Run, spark: Any, progress: Progress, pool: Sequence[events.Ev
     }
 
 
+STEPS = {  # step -> what it adds to the one before; each runs the job's own functions
+    "read": "Kafka source rows of the slice, nothing else (Spark's noop sink)",
+    "parse": "+ JSON parse of every value with the typed schema (validate.parse)",
+    "validate": "+ every check of the schema, the sensor registry and the time bounds "
+    "(validate.classify)",
+    "stage": "+ written once as Parquet by reason and date (sinks.stage_batch)",
+    "summary": "+ the batch's summary read back from those files (windows.batch_summary)",
+}
+
+
+def bench_steps(run: Run, spark: Any) -> dict[str, Any]:
+    """Where a batch's time goes: the same slice of the end-to-end topic (one steady batch's
+    worth of events) read as a Spark batch job, one step of the micro-batch added at a time.
+
+    The steps run round-robin, ``step_reps`` rounds, so a slower minute of the shared machine
+    spreads over all of them; each step's figure is its median. It runs after the end-to-end
+    phase, in the same session, so the JVM has compiled the job's code already.
+    """
+    from confluent_kafka import Consumer
+
+    from cityos.streaming.jobs.aggregate import STREAMING_CONF, topic_jobs
+    from cityos.streaming.jobs.sinks import stage_batch
+    from cityos.streaming.jobs.validate import classify, parse
+    from cityos.streaming.jobs.windows import BatchSummary, batch_summary
+
+    p = run.params
+    settings = run.settings("e2e")
+    topic = run.topics("e2e").traffic
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "cityos-bench"})
+    try:
+        offsets = first_offsets(_partition_bounds(consumer, topic), p.max_offsets_per_trigger)
+    finally:
+        consumer.close()
+    n = sum(end - start for start, end in offsets.values())
+    if not n:
+        raise RuntimeError(f"topic {topic} is empty: the end-to-end phase produced nothing")
+    job = next(j for j in topic_jobs(settings) if j.topic == topic)
+    sensors = job.registry.frame(spark)  # no watermarks: the events are judged as first seen
+    staging = settings.state_dir / "steps-staging"
+
+    def ends(which: int) -> str:
+        return orjson.dumps({topic: {str(k): v[which] for k, v in offsets.items()}}).decode()
+
+    def rows() -> Any:
+        return (
+            spark.read.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+            .option("subscribe", topic)
+            .option("startingOffsets", ends(0))
+            .option("endingOffsets", ends(1))
+            .load()
+        )
+
+    def judged() -> Any:
+        return classify(parse(rows(), job.spec, settings.max_event_bytes), job.spec, sensors,
+                        job.limits())
+
+    def noop(frame: Any) -> None:
+        frame.write.format("noop").mode("overwrite").save()
+
+    def stage() -> Any:
+        shutil.rmtree(staging, ignore_errors=True)
+        return stage_batch(judged(), staging)
+
+    def summary() -> None:
+        valid = BatchSummary.of(batch_summary(stage(), job.spec.event_types).collect()).valid
+        if valid != n:  # every event of the pool is valid: anything else is a broken step
+            raise RuntimeError(f"the summary counted {valid} valid events of {n}")
+
+    work = {
+        "read": lambda: noop(rows()),
+        "parse": lambda: noop(parse(rows(), job.spec, settings.max_event_bytes).select("j.*")),
+        "validate": lambda: noop(judged()),
+        "stage": stage,
+        "summary": summary,
+    }
+    for key, value in STREAMING_CONF.items():
+        spark.conf.set(key, value)
+    seconds: dict[str, list[float]] = {step: [] for step in STEPS}
+    try:
+        for _ in range(p.step_reps):
+            for step in STEPS:
+                t0 = time.perf_counter()
+                work[step]()
+                seconds[step].append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    read_s = statistics.median(seconds["read"])
+    steps = []
+    for step, adds in STEPS.items():
+        median = statistics.median(seconds[step])
+        steps.append({
+            "step": step,
+            "adds": adds,
+            "seconds": seconds[step],
+            "median_s": median,
+            "events_per_s": rate(n, median),
+            "vs_read": rate(read_s, median),
+        })
+    log.info("steps of a %d-event batch (medians): %s", n,
+             ", ".join(f"{s['step']} {s['median_s']:.2f} s" for s in steps))
+    return {"events": n, "reps": p.step_reps, "steps": steps}
+
+
 def bench_latency(run: Run, spark: Any, progress: Progress) -> dict[str, Any]:
     from cityos.streaming.jobs.aggregate import query_name, run_pipeline
     from cityos.streaming.sources.loadgen import Target, run_in_process
@@ -600,7 +733,7 @@ def bench_latency(run: Run, spark: Any, progress: Progress) -> dict[str, Any]:
         latencies.append(latency)
         if produced >= warm_until:
             steady.append(latency)
-    summary = summarize(latencies) if latencies else {"n": 0}
+    summary: dict[str, Any] = summarize(latencies) if latencies else {"n": 0}
     summary["after_warmup"] = {"warmup_s": p.latency_warmup_s,
                                **(summarize(steady) if steady else {"n": 0})}
     return {
@@ -701,6 +834,8 @@ def run_benchmark(
         listener = listen(spark, progress)
         phase("raw consume and end to end")
         run.attempt("end_to_end", lambda: bench_e2e(run, spark, progress, pool))
+        phase("where a batch's time goes")
+        run.attempt("steps", lambda: bench_steps(run, spark))
         phase("latency")
         run.attempt("latency", lambda: bench_latency(run, spark, progress))
         phase("PostgreSQL sink")

@@ -80,6 +80,18 @@ def results_table(report: dict[str, Any]) -> Table:
             "",
             f">= {t['pipeline_vs_raw']}: {ok}",
         )
+    steps = r.get("steps")
+    if steps:
+        for i, step in enumerate(steps["steps"]):
+            table.add_row(
+                f"one batch as a Spark job, {'' if i == 0 else '+ '}{step['step']}"
+                f" (median of {steps['reps']})",
+                _fmt(steps["events"]),
+                _fmt(step["median_s"], 2),
+                _fmt(step["events_per_s"]) + " ev/s",
+                "",
+                f"{step['vs_read']:.2f} of read",
+            )
     lat = r.get("latency")
     if lat and lat.get("n"):
         ok = "met" if lat["p95_s"] <= t["latency_p95_s"] else "NOT met"

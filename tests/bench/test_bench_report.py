@@ -18,6 +18,7 @@ from cityos.streaming.bench import (
     BatchIndex,
     Params,
     Progress,
+    first_offsets,
     percentile,
     read_batch_offsets,
     sink_rows,
@@ -114,6 +115,19 @@ def test_sink_rows_have_distinct_window_keys() -> None:
     assert all(r[2] - r[1] == timedelta(minutes=5) and r[1].tzinfo is UTC for r in rows)
 
 
+@pytest.mark.parametrize(
+    ("sizes", "n", "expected"),
+    [
+        ({0: (0, 100), 1: (0, 100)}, 50, {0: (0, 25), 1: (0, 25)}),
+        ({0: (0, 100), 1: (5, 15), 2: (0, 100)}, 90, {0: (0, 40), 1: (5, 15), 2: (0, 40)}),
+        ({0: (0, 100), 1: (0, 100), 2: (0, 100)}, 10, {0: (0, 3), 1: (0, 3), 2: (0, 4)}),
+        ({0: (7, 9), 1: (0, 0)}, 1000, {0: (7, 9), 1: (0, 0)}),  # fewer than asked
+    ],
+)
+def test_first_offsets_take_evenly_from_partitions(sizes, n, expected) -> None:  # noqa: ANN001
+    assert first_offsets(sizes, n) == expected
+
+
 def test_quick_is_smaller_than_default() -> None:
     quick, full = Params.quick(), Params()
     assert quick.producer_events < full.producer_events
@@ -149,6 +163,14 @@ def test_table_shows_every_figure_and_target_verdicts() -> None:
                 "pipeline": {"events": 10, "batches": 2, "seconds": 1.0, "events_per_s": 60.0},
                 "pipeline_vs_spark_raw": 0.6,
             },
+            "steps": {
+                "events": 10,
+                "reps": 3,
+                "steps": [
+                    {"step": "read", "median_s": 0.5, "events_per_s": 20.0, "vs_read": 1.0},
+                    {"step": "parse", "median_s": 2.0, "events_per_s": 5.0, "vs_read": 0.25},
+                ],
+            },
             "latency": {
                 "n": 5,
                 "achieved_rate": 900.0,
@@ -170,4 +192,6 @@ def test_table_shows_every_figure_and_target_verdicts() -> None:
     assert ">= 0.5: met" in text
     assert "p95 <= 5.0 s: NOT met" in text
     assert "merge_batch, copy" in text
+    assert "one batch as a Spark job, read (median of 3)" in text
+    assert "one batch as a Spark job, + parse" in text and "0.25 of read" in text
     json.dumps(report)  # the report is plain JSON
