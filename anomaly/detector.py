@@ -134,13 +134,12 @@ def _as_utc(ts: datetime | float | int | str) -> float:
     """A timestamp as POSIX seconds; naive datetimes are taken as UTC."""
     if isinstance(ts, int | float):
         return float(ts)
-    if isinstance(ts, str):
-        ts = datetime.fromisoformat(ts)
-    if hasattr(ts, "to_pydatetime"):
-        ts = ts.to_pydatetime()
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.timestamp()
+    moment = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+    if hasattr(moment, "to_pydatetime"):  # a pandas Timestamp
+        moment = moment.to_pydatetime()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 @dataclass
@@ -373,7 +372,7 @@ class Detector:
         score = self._likelihood(surprise)
 
         # learn from the point
-        if x is not None:
+        if x is not None and base is not None:  # x is made only from a baseline
             self.pairs_x.append(x.tolist())
             self.pairs_y.append(float(np.clip((value - base[0]) / floor, -10, 10)))
         if base is not None:

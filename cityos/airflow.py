@@ -88,7 +88,7 @@ def _wait_for_in_process_lifespan() -> None:
             transport._cityos_keep_alive = self  # type: ignore[attr-defined]
             return transport
 
-    execution_app.InProcessExecutionAPI = InProcessExecutionAPI
+    execution_app.InProcessExecutionAPI = InProcessExecutionAPI  # type: ignore[misc]
 
 
 def patch_pydantic() -> None:

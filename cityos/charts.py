@@ -46,8 +46,15 @@ def _frame(conn, query: str, city: str):  # noqa: ANN001, ANN202 - psycopg conne
     return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
 
 
-def _line_chart(data, series: str, y: str, title: str, ylabel: str, path: Path,  # noqa: ANN001
-                ylim: tuple[float, float] | None = None) -> Path | None:
+def _line_chart(
+    data,
+    series: str,
+    y: str,
+    title: str,
+    ylabel: str,
+    path: Path,  # noqa: ANN001
+    ylim: tuple[float, float] | None = None,
+) -> Path | None:
     """One line per ``series`` value over ``window_start``."""
     import matplotlib.pyplot as plt
 
@@ -71,17 +78,25 @@ def _line_chart(data, series: str, y: str, title: str, ylabel: str, path: Path, 
 def congestion_chart(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
     """Mean congestion index per intersection over time (5-minute windows)."""
     return _line_chart(
-        _frame(conn, CONGESTION_SERIES, city), "name", "congestion",
+        _frame(conn, CONGESTION_SERIES, city),
+        "name",
+        "congestion",
         f"{city}: congestion index per intersection (5-minute windows, UTC)",
-        "congestion index (0 free flow .. 1 standstill)", path, ylim=(0, 1),
+        "congestion index (0 free flow .. 1 standstill)",
+        path,
+        ylim=(0, 1),
     )
 
 
 def aqi_chart(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
     """Hourly AQI per station."""
     return _line_chart(
-        _frame(conn, AQI_SERIES, city), "name", "aqi",
-        f"{city}: hourly AQI per station (UTC)", "AQI", path,
+        _frame(conn, AQI_SERIES, city),
+        "name",
+        "aqi",
+        f"{city}: hourly AQI per station (UTC)",
+        "AQI",
+        path,
     )
 
 
@@ -108,11 +123,28 @@ def sensor_map(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
         gdf[gdf.level == "district"].boundary.plot(ax=ax, color="#555555", linewidth=1.0)
     traffic = points[points.kind == "traffic"]
     air = points[points.kind != "traffic"]
-    shown = ax.scatter(traffic.longitude, traffic.latitude, c=traffic.congestion_index,
-                       cmap="RdYlGn_r", vmin=0, vmax=1, s=40, edgecolor="black", linewidth=0.4,
-                       label="traffic sensor", zorder=3)
-    ax.scatter(air.longitude, air.latitude, marker="^", s=50, color="#3060c0",
-               label="air-quality / noise station", zorder=3)
+    shown = ax.scatter(
+        traffic.longitude,
+        traffic.latitude,
+        c=traffic.congestion_index,
+        cmap="RdYlGn_r",
+        vmin=0,
+        vmax=1,
+        s=40,
+        edgecolor="black",
+        linewidth=0.4,
+        label="traffic sensor",
+        zorder=3,
+    )
+    ax.scatter(
+        air.longitude,
+        air.latitude,
+        marker="^",
+        s=50,
+        color="#3060c0",
+        label="air-quality / noise station",
+        zorder=3,
+    )
     for name, lon, lat in conn.execute(
         "SELECT name, longitude, latitude FROM intersections WHERE city_id = %s", (city,)
     ).fetchall():
@@ -120,10 +152,13 @@ def sensor_map(conn, city: str, path: Path) -> Path | None:  # noqa: ANN001
     # degrees of longitude are shorter than degrees of latitude away from the equator
     ax.set_aspect(1 / math.cos(math.radians(float(points.latitude.mean()))))
     pad = 0.01
-    ax.set(xlim=(points.longitude.min() - pad, points.longitude.max() + pad),
-           ylim=(points.latitude.min() - pad, points.latitude.max() + pad),
-           title=f"{city}: sensors, coloured by the latest congestion index",
-           xlabel="longitude", ylabel="latitude")
+    ax.set(
+        xlim=(points.longitude.min() - pad, points.longitude.max() + pad),
+        ylim=(points.latitude.min() - pad, points.latitude.max() + pad),
+        title=f"{city}: sensors, coloured by the latest congestion index",
+        xlabel="longitude",
+        ylabel="latitude",
+    )
     fig.colorbar(shown, ax=ax, shrink=0.6, label="congestion index")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

@@ -27,8 +27,14 @@ from cityos.topics import Topics
 log = logging.getLogger(__name__)
 
 SERVING_TABLES = [
-    "cities", "zones", "intersections", "signal_phases", "sensors",
-    "traffic_5m", "air_quality_1h", "alerts",
+    "cities",
+    "zones",
+    "intersections",
+    "signal_phases",
+    "sensors",
+    "traffic_5m",
+    "air_quality_1h",
+    "alerts",
 ]
 # The Beijing replay: December 2016 up to the end of its smog episode (Beijing time), rebased to
 # end now. Twenty days give the stations' detectors enough history (200 hours) to forecast, so
@@ -63,10 +69,23 @@ Say = Callable[[str], None]
 # What a demo run produces; a fresh run clears it so that it can be repeated. Sensor watermarks
 # in particular: a second run's twin starts hours before now again, which the first run's
 # watermarks would otherwise judge late.
-STREAM_TABLES = ["traffic_5m", "air_quality_1h", "traffic_5m_acc", "air_quality_1h_acc",
-                 "stream_commits", "sensor_watermarks", "scoring_progress", "anomaly_scores",
-                 "forecasts", "zone_forecasts", "detector_state", "alert_state", "alert_outbox",
-                 "alerts", "model_registry"]  # models trained on earlier runs' data go with it
+STREAM_TABLES = [
+    "traffic_5m",
+    "air_quality_1h",
+    "traffic_5m_acc",
+    "air_quality_1h_acc",
+    "stream_commits",
+    "sensor_watermarks",
+    "scoring_progress",
+    "anomaly_scores",
+    "forecasts",
+    "zone_forecasts",
+    "detector_state",
+    "alert_state",
+    "alert_outbox",
+    "alerts",
+    "model_registry",
+]  # models trained on earlier runs' data go with it
 
 
 def reset_streams(settings: Settings, say: Say) -> None:
@@ -85,13 +104,18 @@ def reset_streams(settings: Settings, say: Say) -> None:
         deadline = time.monotonic() + 30
         while set(topics) & set(admin.list_topics()) and time.monotonic() < deadline:
             time.sleep(0.2)
-    ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.kafka_partitions,
-                  retention_ms=settings.kafka_retention_hours * 3600 * 1000)
+    ensure_topics(
+        settings.kafka_bootstrap,
+        topics,
+        partitions=settings.kafka_partitions,
+        retention_ms=settings.kafka_retention_hours * 3600 * 1000,
+    )
     for folder in (settings.state_dir / "checkpoints", settings.lake_dir, settings.model_dir):
         shutil.rmtree(folder, ignore_errors=True)  # type: ignore[arg-type]
     with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, STREAM_TABLES))))
+        conn.execute(
+            sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, STREAM_TABLES)))
+        )
     say("cleared the streams of earlier runs (topics, checkpoints, lake, streamed tables, models)")
 
 
@@ -112,13 +136,22 @@ def register(settings: Settings, say: Say) -> Any:
         counts = register_twin(conn, prepared.city, prepared.layout, prepared.stations)
         write_city(conn, beijing)
         stations = write_sensors(conn, beijing, replay.beijing_sensors(settings.data_dir))
-    say(f"registered Cologne ({counts['intersections']} intersections, {counts['sensors']} "
-        f"sensors) and Beijing ({stations} air-quality stations)")
+    say(
+        f"registered Cologne ({counts['intersections']} intersections, {counts['sensors']} "
+        f"sensors) and Beijing ({stations} air-quality stations)"
+    )
     return prepared
 
 
-def produce(settings: Settings, prepared: Any, hours: float, speedup: float, report: DemoReport,
-            stop: threading.Event, on_progress: Callable[[float], None]) -> None:
+def produce(
+    settings: Settings,
+    prepared: Any,
+    hours: float,
+    speedup: float,
+    report: DemoReport,
+    stop: threading.Event,
+    on_progress: Callable[[float], None],
+) -> None:
     """The Beijing replay (all at once), then the twin for ``hours`` simulated hours, paced."""
     from cityos.streaming.producer import make_producer
     from cityos.streaming.sources import replay, twin
@@ -131,10 +164,22 @@ def produce(settings: Settings, prepared: Any, hours: float, speedup: float, rep
         sent = replay.publish(records, producer, topics, rebase=True, stop=stop)
         report.replay_events = sent.sent
         start = twin.default_start(speedup, duration)
-        with twin.Twin(prepared.scenario, prepared.layout, prepared.stations,
-                       work_dir=settings.state_dir / "twin") as sim:
-            stats = twin.run(sim, producer, topics, start=start, speedup=speedup,
-                             duration_s=duration, stop=stop, progress=on_progress)
+        with twin.Twin(
+            prepared.scenario,
+            prepared.layout,
+            prepared.stations,
+            work_dir=settings.state_dir / "twin",
+        ) as sim:
+            stats = twin.run(
+                sim,
+                producer,
+                topics,
+                start=start,
+                speedup=speedup,
+                duration_s=duration,
+                stop=stop,
+                progress=on_progress,
+            )
         report.simulated_s = stats.simulated_s
         report.traffic_events = stats.traffic_events
         report.environment_events = stats.environment_events
@@ -204,21 +249,35 @@ def summarise(settings: Settings, report: DemoReport) -> None:
     with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
         for table in SERVING_TABLES:
             query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-            report.table_rows[table] = conn.execute(query).fetchone()[0]
+            report.table_rows[table] = (conn.execute(query).fetchone() or (0,))[0]
         report.latest_traffic = conn.execute(LATEST_TRAFFIC).fetchall()
         report.latest_air = conn.execute(LATEST_AIR).fetchall()
         report.alerts = conn.execute(ALERTS).fetchall()
         report.alert_counts = dict(
-            conn.execute("SELECT status, count(*) FROM alerts GROUP BY status").fetchall())
-        report.scored = dict(zip(("anomaly scores", "forecasts", "zone forecasts"), conn.execute(
-            "SELECT (SELECT count(*) FROM anomaly_scores), (SELECT count(*) FROM forecasts),"
-            " (SELECT count(*) FROM zone_forecasts)"
-        ).fetchone(), strict=True))
+            conn.execute("SELECT status, count(*) FROM alerts GROUP BY status").fetchall()
+        )
+        report.scored = dict(
+            zip(
+                ("anomaly scores", "forecasts", "zone forecasts"),
+                conn.execute(
+                    "SELECT (SELECT count(*) FROM anomaly_scores),"
+                    " (SELECT count(*) FROM forecasts), (SELECT count(*) FROM zone_forecasts)"
+                ).fetchone()
+                or (0, 0, 0),
+                strict=True,
+            )
+        )
     report.dead_letters = dead_letter_counts(settings)
 
 
-def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup: float,
-             console: Any, fresh: bool = True) -> DemoReport:
+def run_demo(
+    settings_factory: Callable[[], Settings],
+    *,
+    hours: float,
+    speedup: float,
+    console: Any,
+    fresh: bool = True,
+) -> DemoReport:
     """Everything `make demo` does; ``console`` is a rich Console for progress and tables."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -232,8 +291,10 @@ def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup:
         Stack.from_env().up(progress=lambda msg: status.update(msg))
     report.seconds["stack"] = time.monotonic() - clock
     settings = settings_factory()
-    say(f"stack up: Kafka at {settings.kafka_bootstrap}, PostgreSQL at "
-        f"{_redacted(settings.database_url.get_secret_value())}")
+    say(
+        f"stack up: Kafka at {settings.kafka_bootstrap}, PostgreSQL at "
+        f"{_redacted(settings.database_url.get_secret_value())}"
+    )
 
     if fresh:
         with console.status("clearing earlier runs"):
@@ -270,38 +331,52 @@ def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup:
     if failure:
         raise failure[0]
     report.seconds["spark start"] = time.monotonic() - clock
-    say(f"Spark: {', '.join(job.name for job in started)} running, "
-        f"a micro-batch every {settings.trigger_seconds:g} s")
+    say(
+        f"Spark: {', '.join(job.name for job in started)} running, "
+        f"a micro-batch every {settings.trigger_seconds:g} s"
+    )
 
     clock = time.monotonic()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(),
-                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                      console=console) as bar:
-            twin_task = bar.add_task(f"twin {settings.twin_network}", total=hours * 60,
-                                     detail="")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            twin_task = bar.add_task(f"twin {settings.twin_network}", total=hours * 60, detail="")
             spark_task = bar.add_task("Spark → PostgreSQL", total=None, detail="")
 
             def on_progress(sim_s: float) -> None:
-                bar.update(twin_task, completed=sim_s / 60,
-                           detail=f"{sim_s / 60:.0f}/{hours * 60:.0f} simulated min")
+                bar.update(
+                    twin_task,
+                    completed=sim_s / 60,
+                    detail=f"{sim_s / 60:.0f}/{hours * 60:.0f} simulated min",
+                )
                 bar.update(spark_task, detail=f"{processed():,} events merged")
 
             try:
                 produce(settings, prepared, hours, speedup, report, stop_sources, on_progress)
             except KeyboardInterrupt:
                 stop_sources.set()
-                say("interrupted: sources stopped; Spark merges what was sent "
-                    "(Ctrl-C again to stop it now)")
+                say(
+                    "interrupted: sources stopped; Spark merges what was sent "
+                    "(Ctrl-C again to stop it now)"
+                )
             sent = report.delivered
             bar.update(spark_task, total=sent)
             deadline = time.monotonic() + 300
             while processed() < sent and time.monotonic() < deadline and not failure:
-                bar.update(spark_task, completed=processed(),
-                           detail=f"{processed():,}/{sent:,} events merged")
+                bar.update(
+                    spark_task,
+                    completed=processed(),
+                    detail=f"{processed():,}/{sent:,} events merged",
+                )
                 time.sleep(0.5)
-            bar.update(spark_task, completed=processed(),
-                       detail=f"{processed():,}/{sent:,} events merged")
+            bar.update(
+                spark_task, completed=processed(), detail=f"{processed():,}/{sent:,} events merged"
+            )
     except KeyboardInterrupt:
         say("stopping Spark now; what it had not merged is drained from its checkpoint")
     finally:
@@ -311,9 +386,11 @@ def run_demo(settings_factory: Callable[[], Settings], *, hours: float, speedup:
         raise failure[0]
     report.seconds["run"] = time.monotonic() - clock
     report.processed = processed()
-    say(f"sent {report.delivered:,} events (twin {report.traffic_events:,} traffic + "
+    say(
+        f"sent {report.delivered:,} events (twin {report.traffic_events:,} traffic + "
         f"{report.environment_events:,} environment, Beijing replay {report.replay_events:,}); "
-        f"Spark merged or dead-lettered {report.processed:,}")
+        f"Spark merged or dead-lettered {report.processed:,}"
+    )
     if report.processed < report.delivered:  # the live run was cut short: finish from checkpoint
         with console.status("Spark: draining what is left"):
             run_pipeline(settings, until="available")

@@ -294,7 +294,7 @@ def check_queries(ctx: _Context) -> Iterable[Finding]:
         yield Finding("streaming", "warn", "streaming queries not checked: PostgreSQL is down")
         return
     with ctx.connect() as conn:
-        latest = dict(
+        latest: dict[str, datetime] = dict(
             conn.execute(
                 "SELECT query_name, max(committed_at) FROM stream_commits GROUP BY query_name"
             ).fetchall()
@@ -396,12 +396,13 @@ def check_freshness(ctx: _Context) -> Iterable[Finding]:
     with ctx.connect() as conn:
         for table, _kind, limit_name in FRESHNESS_TABLES:
             limit: timedelta = getattr(ctx.limits, limit_name)
-            newest, silent, reporting = conn.execute(
+            row = conn.execute(
                 f"WITH per_sensor AS (SELECT sensor_id, max(window_end) AS last FROM {table}"  # noqa: S608 - our names
                 " GROUP BY sensor_id)"
                 " SELECT max(last), count(*) FILTER (WHERE last < %s), count(*) FROM per_sensor",
                 (ctx.now - limit,),
             ).fetchone()
+            newest, silent, reporting = row or (None, 0, 0)  # an aggregate returns one row
             if newest is None:
                 yield Finding(
                     f"freshness {table}",

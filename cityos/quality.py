@@ -346,7 +346,7 @@ def alert_offline(settings: Settings, start: datetime, end: datetime) -> dict[st
         observations = offline_observations(sensor_stats(conn, start, end), end)
         events = AlertEngine.from_settings(settings).observe(conn, observations, now=end)
         conn.commit()
-    silent = sorted(o.sensor_id for o in observations if o.value)
+    silent = sorted(o.sensor_id for o in observations if o.value and o.sensor_id)
     return {
         "interval_end": end.isoformat(),
         "observations": len(observations),

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
 from psycopg.rows import class_row, dict_row
@@ -56,7 +56,7 @@ INTERGREEN_PARAMS = {"intergreen_s", "yellow_s", "all_red_s", "red_s"}
 @dataclass(frozen=True)
 class AlertOperation:
     applies_to: tuple[str, ...]  # alert statuses it may act on
-    status_after: str
+    status_after: Literal["acknowledged", "resolved"]
 
 
 ALERT_OPERATIONS = {

@@ -628,8 +628,9 @@ def bench_steps(run: Run, spark: Any) -> dict[str, Any]:
         )
 
     def judged() -> Any:
-        return classify(parse(rows(), job.spec, settings.max_event_bytes), job.spec, sensors,
-                        job.limits())
+        return classify(
+            parse(rows(), job.spec, settings.max_event_bytes), job.spec, sensors, job.limits()
+        )
 
     def noop(frame: Any) -> None:
         frame.write.format("noop").mode("overwrite").save()
@@ -665,16 +666,21 @@ def bench_steps(run: Run, spark: Any) -> dict[str, Any]:
     steps = []
     for step, adds in STEPS.items():
         median = statistics.median(seconds[step])
-        steps.append({
-            "step": step,
-            "adds": adds,
-            "seconds": seconds[step],
-            "median_s": median,
-            "events_per_s": rate(n, median),
-            "vs_read": rate(read_s, median),
-        })
-    log.info("steps of a %d-event batch (medians): %s", n,
-             ", ".join(f"{s['step']} {s['median_s']:.2f} s" for s in steps))
+        steps.append(
+            {
+                "step": step,
+                "adds": adds,
+                "seconds": seconds[step],
+                "median_s": median,
+                "events_per_s": rate(n, median),
+                "vs_read": rate(read_s, median),
+            }
+        )
+    log.info(
+        "steps of a %d-event batch (medians): %s",
+        n,
+        ", ".join(f"{s['step']} {s['median_s']:.2f} s" for s in steps),
+    )
     return {"events": n, "reps": p.step_reps, "steps": steps}
 
 
@@ -703,8 +709,13 @@ def bench_latency(run: Run, spark: Any, progress: Progress) -> dict[str, Any]:
     _wait(lambda: len(spark.streams.active) >= 2 or failure, 120, "the live queries to start")
     time.sleep(settings.trigger_seconds)  # past the first (empty) trigger
     stats = run_in_process(
-        settings.kafka_bootstrap, "confluent", [Target(s, "traffic") for s in run.sensor_ids()],
-        topics, rate=p.latency_rate, duration_s=p.latency_seconds, seed=5,
+        settings.kafka_bootstrap,
+        "confluent",
+        [Target(s, "traffic") for s in run.sensor_ids()],
+        topics,
+        rate=p.latency_rate,
+        duration_s=p.latency_seconds,
+        seed=5,
     )
     _wait(
         lambda: poller.valid_rows(qname) >= stats.delivered or failure,
@@ -734,8 +745,10 @@ def bench_latency(run: Run, spark: Any, progress: Progress) -> dict[str, Any]:
         if produced >= warm_until:
             steady.append(latency)
     summary: dict[str, Any] = summarize(latencies) if latencies else {"n": 0}
-    summary["after_warmup"] = {"warmup_s": p.latency_warmup_s,
-                               **(summarize(steady) if steady else {"n": 0})}
+    summary["after_warmup"] = {
+        "warmup_s": p.latency_warmup_s,
+        **(summarize(steady) if steady else {"n": 0}),
+    }
     return {
         "target_rate": p.latency_rate,
         "achieved_rate": stats.achieved_rate,

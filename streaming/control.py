@@ -131,6 +131,10 @@ class SignalController(Protocol):
 
     actor: str  # who the audit trail names, e.g. 'actuator:sumo'
 
+    def green(self, intersection_id: str, phase_index: int) -> tuple[float, str]:
+        """The green the controller runs on the phase now, and its program's id."""
+        ...
+
     def apply(self, change: ControlChange) -> ConfirmedPlan: ...
 
 

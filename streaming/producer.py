@@ -58,8 +58,13 @@ class DeliveryStats:
         metrics.PRODUCER_FAILED.labels(topic).inc()  # issue 6: Prometheus counter per topic
         # the first failures in full, then every 1000th so a dead broker does not flood the log
         if self.failed <= 10 or self.failed % 1000 == 0:
-            log.error("delivery to %s failed (key=%r, %d failures so far): %s",
-                      topic, key, self.failed, error)
+            log.error(
+                "delivery to %s failed (key=%r, %d failures so far): %s",
+                topic,
+                key,
+                self.failed,
+                error,
+            )
 
 
 class EventProducer(Protocol):

@@ -41,8 +41,9 @@ BASE_CONF = {
     # SPARK-55271: the V2 Kafka micro-batch stream of spark-sql-kafka 4.1.1 throws a
     # NullPointerException while reporting progress of a batch replayed after a restart, so a job
     # killed mid-batch could never recover; the V1 Kafka source reads the same offsets without it
-    "spark.sql.streaming.disabledV2MicroBatchReaders":
-        "org.apache.spark.sql.kafka010.KafkaSourceProvider",
+    "spark.sql.streaming.disabledV2MicroBatchReaders": (
+        "org.apache.spark.sql.kafka010.KafkaSourceProvider"
+    ),
 }
 
 

@@ -314,7 +314,5 @@ def main(settings: Settings | None = None, **options: Any) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    metrics.serve_metrics(
-        settings.metrics_port, settings.metrics_host
-    )
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     Supervisor.from_settings(settings, stop_event=stop, **options).run()

@@ -611,11 +611,14 @@ def whatif_for_action(
     tls_id = action_target.get("intersection_id")
     if not isinstance(tls_id, str) or not tls_id:
         raise WhatIfError("a signal timing action names its intersection (intersection_id)")
+    # as stored: simulate_change refuses anything but a whole phase index and a number of seconds
+    phase_index: Any = params.get("phase_index")
+    green_s: Any = params.get("green_s")
     return simulate_change(
         settings.twin_network,
         tls_id,
-        params.get("phase_index"),
-        params.get("green_s"),
+        phase_index,
+        green_s,
         minutes=minutes,
         plan=plan,
         data_dir=settings.data_dir,

@@ -20,6 +20,7 @@ the same transaction; :class:`OutboxPublisher` moves the outbox to the Kafka ``a
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,8 @@ from cityos.alerting.events import ALERT_COLUMNS, Alert, AlertEvent, EventType
 from cityos.alerting.rules import Rule, RuleError, Verdict, load_rules
 
 log = logging.getLogger(__name__)
+
+DictCursor = psycopg.Cursor[dict[str, Any]]  # cursors of a dict_row connection or cursor
 
 OPEN = ("firing", "acknowledged")
 _INSERT_ALERT = sql.SQL(
@@ -140,7 +143,7 @@ class AlertEngine:
     # ------------------------------------------------------------------ one observation
     def _step(
         self,
-        cur: psycopg.Cursor,
+        cur: DictCursor,
         rule: Rule,
         state: _State,
         obs: Observation,
@@ -190,7 +193,7 @@ class AlertEngine:
 
 # ----------------------------------------------------------------------------- writes
 def _fire(
-    cur: psycopg.Cursor,
+    cur: DictCursor,
     rule: Rule,
     state: _State,
     obs: Observation,
@@ -220,7 +223,7 @@ def _fire(
 
 
 def _update(
-    cur: psycopg.Cursor, alert: Alert, kind: EventType, at: datetime, **changes: Any
+    cur: DictCursor, alert: Alert, kind: EventType, at: datetime, **changes: Any
 ) -> AlertEvent:
     changed = replace(alert, updated_at=at, **changes)
     assignments = ", ".join(f"{name} = %s" for name in (*changes, "updated_at"))
@@ -231,7 +234,7 @@ def _update(
     return AlertEvent(kind, changed, at)
 
 
-def record(cur: psycopg.Cursor, event: AlertEvent) -> None:
+def record(cur: psycopg.Cursor[Any], event: AlertEvent) -> None:
     """Queue a transition for the ``alerts`` topic, in the caller's transaction."""
     cur.execute(
         "INSERT INTO alert_outbox (event_id, alert_id, payload) VALUES (%s, %s, %s)"
@@ -240,7 +243,7 @@ def record(cur: psycopg.Cursor, event: AlertEvent) -> None:
     )
 
 
-def record_change(cur: psycopg.Cursor, alert_id: str, kind: EventType, at: datetime) -> None:
+def record_change(cur: psycopg.Cursor[Any], alert_id: str, kind: EventType, at: datetime) -> None:
     """Queue the current row of an alert changed outside the engine (an operator's action)."""
     cur.execute(
         f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE alert_id = %s",  # noqa: S608
@@ -271,7 +274,7 @@ def _message(
 
 
 # ----------------------------------------------------------------------------- reads
-def _subjects(cur: psycopg.Cursor, observations: Iterable[Observation]) -> dict[str, _Subject]:
+def _subjects(cur: DictCursor, observations: Iterable[Observation]) -> dict[str, _Subject]:
     sensors = sorted({o.sensor_id for o in observations if o.sensor_id})
     crossings = sorted({o.intersection_id for o in observations if o.intersection_id})
     zones = sorted({o.zone_id for o in observations if o.zone_id})
@@ -300,7 +303,7 @@ def _subjects(cur: psycopg.Cursor, observations: Iterable[Observation]) -> dict[
     return found
 
 
-def _load_states(cur: psycopg.Cursor, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _State]:
+def _load_states(cur: DictCursor, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _State]:
     rules = sorted({k[0] for k in keys})
     subjects = sorted({k[1] for k in keys})
     cur.execute(
@@ -311,7 +314,7 @@ def _load_states(cur: psycopg.Cursor, keys: set[tuple[str, str]]) -> dict[tuple[
     return {(r["rule_id"], r["subject"]): _State(**r) for r in cur.fetchall()}
 
 
-def _load_alerts(cur: psycopg.Cursor, alert_ids: list[str]) -> dict[str, Alert]:
+def _load_alerts(cur: DictCursor, alert_ids: list[str]) -> dict[str, Alert]:
     if not alert_ids:
         return {}
     cur.execute(
@@ -321,7 +324,7 @@ def _load_alerts(cur: psycopg.Cursor, alert_ids: list[str]) -> dict[str, Alert]:
     return {r["alert_id"]: Alert.from_row(r) for r in cur.fetchall()}
 
 
-def _save_states(cur: psycopg.Cursor, states: Iterable[_State]) -> None:
+def _save_states(cur: DictCursor, states: Iterable[_State]) -> None:
     rows = [
         (
             s.rule_id,
@@ -361,7 +364,7 @@ class OutboxPublisher:
 
         self.topic = topic
         self._timeout_s = timeout_s
-        self._producer = Producer(
+        self._producer: Producer | None = Producer(
             {
                 "bootstrap.servers": bootstrap,
                 "client.id": "cityos-alerts",
@@ -374,6 +377,9 @@ class OutboxPublisher:
 
     def publish_pending(self, conn: psycopg.Connection, limit: int = 1000) -> int:
         """Publish up to ``limit`` pending events; the number published."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError(f"the publisher to {self.topic} is closed")
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(
                 "SELECT event_id, alert_id, payload FROM alert_outbox WHERE published_at IS NULL"
@@ -393,13 +399,13 @@ class OutboxPublisher:
                     failures.append(f"{event_id}: {err}")
 
             for event_id, alert_id, payload in rows:
-                self._producer.produce(
+                producer.produce(
                     self.topic,
                     key=alert_id.encode(),
                     value=bytes(payload),
-                    on_delivery=lambda err, msg, e=event_id: on_delivery(err, msg, e),
+                    on_delivery=functools.partial(on_delivery, event_id=event_id),
                 )
-            self._producer.flush(self._timeout_s)
+            producer.flush(self._timeout_s)
             if failures:
                 log.error(
                     "%d alert events not published to %s (kept for retry): %s",

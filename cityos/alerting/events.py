@@ -58,7 +58,8 @@ class Alert:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Alert:
-        return cls(**{name: row.get(name) for name in ALERT_COLUMNS})
+        values: dict[str, Any] = {name: row.get(name) for name in ALERT_COLUMNS}
+        return cls(**values)
 
 
 @dataclass(frozen=True)

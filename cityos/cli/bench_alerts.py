@@ -107,14 +107,13 @@ def bench_alerts(
         stop, started, failure = threading.Event(), threading.Event(), []
         jobs: list[Any] = []
 
+        def on_started(topic_jobs: list[Any]) -> None:
+            jobs.extend(topic_jobs)
+            started.set()
+
         def live() -> None:
             try:
-                run_pipeline(
-                    settings,
-                    until="stopped",
-                    stop_event=stop,
-                    on_started=lambda js: (jobs.extend(js), started.set()),
-                )
+                run_pipeline(settings, until="stopped", stop_event=stop, on_started=on_started)
             except BaseException as err:  # noqa: BLE001 - reported below
                 failure.append(err)
                 started.set()
@@ -145,7 +144,7 @@ def bench_alerts(
             windows, scores = conn.execute(
                 "SELECT (SELECT count(*) FROM air_quality_1h), (SELECT count(*) FROM"
                 " anomaly_scores)"
-            ).fetchone()
+            ).fetchone() or (0, 0)
         score_s = sum(j.score_seconds for j in jobs)
         result = {
             "run": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -187,7 +186,7 @@ def _drain(settings: Any, schema: str, events: int, lateness: timedelta) -> None
                 " p.sensor_id = a.sensor_id WHERE a.window_end <= w.max_event_time - %s"
                 " AND (p.scored_until IS NULL OR a.window_end > p.scored_until))",
                 (lateness,),
-            ).fetchone()
+            ).fetchone() or (0, 1)
         if merged >= events and left == 0:
             return
         time.sleep(1.0)

@@ -40,38 +40,57 @@ def demo_command(
     console.print(rows)
 
     traffic = Table(title="latest 5-minute windows per intersection (traffic_5m)", show_edge=False)
-    for name in ("intersection", "approaches", "window end (UTC)", "vehicles", "km/h",
-                 "occupancy", "congestion"):
+    for name in (
+        "intersection",
+        "approaches",
+        "window end (UTC)",
+        "vehicles",
+        "km/h",
+        "occupancy",
+        "congestion",
+    ):
         traffic.add_column(name, justify="left" if name == "intersection" else "right")
     for name, approaches, end, vehicles, speed, occ, congestion in report.latest_traffic:
-        traffic.add_row(name, str(approaches), f"{end:%Y-%m-%d %H:%M}", f"{vehicles:,}",
-                        str(speed), str(occ), str(congestion))
+        traffic.add_row(
+            name,
+            str(approaches),
+            f"{end:%Y-%m-%d %H:%M}",
+            f"{vehicles:,}",
+            str(speed),
+            str(occ),
+            str(congestion),
+        )
     console.print(traffic)
 
     air = Table(title="latest hourly air quality (air_quality_1h)", show_edge=False)
     for name in ("station", "city", "hour (UTC)", "PM2.5", "NO2", "AQI", "category"):
         air.add_column(name)
     for name, city, start, pm25, no2, aqi, category in report.latest_air:
-        air.add_row(name, city, f"{start:%Y-%m-%d %H:%M}", str(pm25), str(no2), str(aqi),
-                    str(category))
+        air.add_row(
+            name, city, f"{start:%Y-%m-%d %H:%M}", str(pm25), str(no2), str(aqi), str(category)
+        )
     console.print(air)
 
     counts = ", ".join(f"{n:,} {status}" for status, n in sorted(report.alert_counts.items()))
     scored = ", ".join(f"{n:,} {what}" for what, n in report.scored.items())
-    alerts = Table(title=f"alerts raised as windows closed ({counts or 'none'}; {scored})",
-                   show_edge=False)
+    alerts = Table(
+        title=f"alerts raised as windows closed ({counts or 'none'}; {scored})", show_edge=False
+    )
     for name in ("severity", "status", "kind", "where", "message", "since (UTC)"):
         alerts.add_column(name)
     colour = {"critical": "red", "warning": "yellow"}
     for severity, status, kind, place, message, started in report.alerts:
         style = colour.get(severity, "") if status != "resolved" else "dim"
-        alerts.add_row(severity, status, kind, place, message, f"{started:%Y-%m-%d %H:%M}",
-                       style=style)
+        alerts.add_row(
+            severity, status, kind, place, message, f"{started:%Y-%m-%d %H:%M}", style=style
+        )
     console.print(alerts)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
     console.print(f"[bold]where to look[/] ({timing})")
-    console.print(f"  PostgreSQL  {_redacted(settings.database_url.get_secret_value())} "
-                  f"(password in {settings.env_file})")
+    console.print(
+        f"  PostgreSQL  {_redacted(settings.database_url.get_secret_value())} "
+        f"(password in {settings.env_file})"
+    )
     console.print(f"  Kafka       {settings.kafka_bootstrap}  (topics: cityos status)")
     console.print(f"  lake        {settings.lake_dir}")
     console.print(f"  logs        {settings.state_dir / 'logs'}")

@@ -40,7 +40,7 @@ from cityos.grafana.query import DATASOURCE, SQL
 
 # The SDK's 10.1 branch (what an unpinned install resolves to: see README) misspells it.
 THRESHOLDS_STYLE: Any = (
-    getattr(common, "GraphThresholdsStyleMode", None) or common.GraphTresholdsStyleMode
+    getattr(common, "GraphThresholdsStyleMode", None) or common.GraphTresholdsStyleMode  # type: ignore[attr-defined]
 )
 
 CELL_BACKGROUND = dashboard.DynamicConfigValue(

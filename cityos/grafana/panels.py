@@ -31,7 +31,7 @@ AQI_STEPS: Steps = (
     (301, "dark-red"),
 )
 ANOMALY_STEPS: Steps = ((None, "green"), (0.9, "orange"), (0.99, "red"))  # rules.toml: anomaly
-SEVERITY_MAPPINGS = [
+SEVERITY_MAPPINGS: list[dashboard.ValueMapping] = [
     dashboard.ValueMap(
         options={
             "0": dashboard.ValueMappingResult(text="clear", color="green", index=0),

@@ -108,8 +108,10 @@ class SensorRegistry:
                 except psycopg.OperationalError as err:
                     if self._frame is None:
                         raise
-                    log.warning("sensor registry refresh failed (%s): keeping the last one",
-                                str(err).splitlines()[0])
+                    log.warning(
+                        "sensor registry refresh failed (%s): keeping the last one",
+                        str(err).splitlines()[0],
+                    )
                     return self._frame
                 self._frame = literal_frame(spark, ["sensor_id"], [(i,) for i in ids])
                 self._read_at = time.monotonic()
@@ -119,6 +121,7 @@ class SensorRegistry:
 
 DB_RETRY_S = (1, 2, 4, 8, 15, 30, 30, 30, 30, 30)  # about three minutes of PostgreSQL outage
 STOP_WAIT_S = 120.0  # at a stop, how long a running micro-batch may take to finish
+
 
 # ----------------------------------------------------------------------------- one topic
 @dataclass
@@ -191,8 +194,12 @@ class TopicJob:
             except psycopg.OperationalError as err:
                 if pause is None:
                     raise
-                log.warning("%s: PostgreSQL unavailable (%s); retry in %g s", self.name,
-                            str(err).splitlines()[0], pause)
+                log.warning(
+                    "%s: PostgreSQL unavailable (%s); retry in %g s",
+                    self.name,
+                    str(err).splitlines()[0],
+                    pause,
+                )
                 time.sleep(pause)
         return None
 
@@ -278,13 +285,17 @@ class TopicJob:
         air = summary.partials.get(events.AIR, [])
         progress = [(sensor, latest) for sensor, (_, latest) in summary.sensors.items()]
         commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n, started)
-        merged = self.with_db(lambda conn: merge_batch(
-            conn, commit, traffic=traffic, air=air, method=self.method, progress=progress))
+        merged = self.with_db(
+            lambda conn: merge_batch(
+                conn, commit, traffic=traffic, air=air, method=self.method, progress=progress
+            )
+        )
         clock.lap("merge")
         if merged:
             self.batches.append(commit)
-            metrics.record_batch(self.name, self.topic, valid=valid_n, dead=dead_n,
-                                 watermark=watermark)
+            metrics.record_batch(
+                self.name, self.topic, valid=valid_n, dead=dead_n, watermark=watermark
+            )
         if self.settings.score_windows:
             began = time.monotonic()
             self._score()
@@ -293,10 +304,16 @@ class TopicJob:
         log.info(
             "%s batch %d: %d valid, %d dead letters %s, %d traffic + %d air windows, "
             "watermark %s; %s",
-            self.name, batch_id, valid_n, dead_n, summary.by_reason or "", len(traffic), len(air),
-            watermark.isoformat() if watermark else "-", clock,
+            self.name,
+            batch_id,
+            valid_n,
+            dead_n,
+            summary.by_reason or "",
+            len(traffic),
+            len(air),
+            watermark.isoformat() if watermark else "-",
+            clock,
         )
-
 
     def _score(self) -> None:
         """The score stage: anomaly scores, forecasts and alerts of the windows closed now; then
@@ -322,17 +339,25 @@ class TopicJob:
             self.publisher = OutboxPublisher(s.kafka_bootstrap, Topics(s.topic_prefix).alerts)
         scorer, publisher = self.scorer, self.publisher
         try:
-            with connect(s.database_url.get_secret_value(), s.database_schema,
-                         autocommit=True) as conn:
+            with connect(
+                s.database_url.get_secret_value(), s.database_schema, autocommit=True
+            ) as conn:
                 summary = scorer.score(conn, datetime.now(UTC))
                 published = publisher.publish_pending(conn) if publisher else 0
         except (psycopg.Error, CityOSError) as err:
             log.error("%s: scoring failed, retried with the next batch: %s", self.name, err)
             return
         if summary.windows:
-            log.info("%s scored %d closed windows: %d scores, %d forecasts, %d alert events "
-                     "(%d published)", self.name, summary.windows, summary.scores,
-                     summary.forecasts, summary.alert_events, published)
+            log.info(
+                "%s scored %d closed windows: %d scores, %d forecasts, %d alert events "
+                "(%d published)",
+                self.name,
+                summary.windows,
+                summary.scores,
+                summary.forecasts,
+                summary.alert_events,
+                published,
+            )
 
     def close(self) -> None:
         """Save the detectors' states and close the alert publisher (when the query stops)."""
@@ -342,8 +367,7 @@ class TopicJob:
         if self.scorer is None:
             return
         s = self.settings
-        with connect(s.database_url.get_secret_value(), s.database_schema,
-                     autocommit=True) as conn:
+        with connect(s.database_url.get_secret_value(), s.database_schema, autocommit=True) as conn:
             self.scorer.checkpoint(conn)
 
 
@@ -398,16 +422,23 @@ class BatchReports:
         try:
             self._queue.put_nowait(BatchReport.of(progress))
         except queue.Full:
-            log.warning("%s batch %s: report dropped (PostgreSQL too slow)",
-                        progress.get("name"), progress.get("batchId"))
+            log.warning(
+                "%s batch %s: report dropped (PostgreSQL too slow)",
+                progress.get("name"),
+                progress.get("batchId"),
+            )
 
     def _write(self) -> None:
         while (report := self._queue.get()) is not None:
             try:
                 self._record(report)
             except psycopg.Error as err:
-                log.warning("%s batch %d: report not recorded: %s", report.query_name,
-                            report.batch_id, str(err).splitlines()[0])
+                log.warning(
+                    "%s batch %d: report not recorded: %s",
+                    report.query_name,
+                    report.batch_id,
+                    str(err).splitlines()[0],
+                )
                 self._close_connection()
             with self._changed:
                 done = self._done.get(report.query_name, -1)
@@ -417,8 +448,12 @@ class BatchReports:
     def _record(self, report: BatchReport) -> None:
         if self._conn is None or self._conn.closed:
             s = self._settings
-            self._conn = connect(s.database_url.get_secret_value(), s.database_schema,
-                                 autocommit=True, connect_timeout=5)
+            self._conn = connect(
+                s.database_url.get_secret_value(),
+                s.database_schema,
+                autocommit=True,
+                connect_timeout=5,
+            )
         record_report(self._conn, report)
 
     def _close_connection(self) -> None:
@@ -440,8 +475,11 @@ class BatchReports:
         with self._changed:
             if self._changed.wait_for(caught_up, timeout_s):
                 return True
-        log.warning("batch reports still missing after %g s: %s", timeout_s,
-                    {n: b for n, b in want.items() if self._done.get(n, -1) < b})
+        log.warning(
+            "batch reports still missing after %g s: %s",
+            timeout_s,
+            {n: b for n, b in want.items() if self._done.get(n, -1) < b},
+        )
         return False
 
     def close(self) -> None:

@@ -101,8 +101,12 @@ def breakpoints() -> dict[tuple[str, str], tuple[Segment, ...]]:
 @cache
 def categories(standard: str) -> tuple[tuple[float, str], ...]:
     """(upper index, category) of a standard, ascending."""
-    found = {(s.i_hi, s.category) for (std, _), segs in breakpoints().items() if std == standard
-             for s in segs}
+    found = {
+        (s.i_hi, s.category)
+        for (std, _), segs in breakpoints().items()
+        if std == standard
+        for s in segs
+    }
     return tuple(sorted(found))
 
 

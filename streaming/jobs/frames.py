@@ -27,8 +27,10 @@ def literal_frame(spark: SparkSession, columns: list[str], rows: list[tuple]) ->
     fields = ", ".join(f"`{c}`: {'bigint' if c in times else 'string'}" for c in columns)
     data = json.dumps(
         [
-            {c: ((v - _EPOCH) // timedelta(microseconds=1) if c in times else v)
-             for c, v in zip(columns, row, strict=True)}
+            {
+                c: ((v - _EPOCH) // timedelta(microseconds=1) if c in times else v)
+                for c, v in zip(columns, row, strict=True)
+            }
             for row in rows
         ]
     )

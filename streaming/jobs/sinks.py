@@ -38,7 +38,12 @@ DLQ_LOG_SAMPLE = 20  # dead letters logged one by one per batch; the rest are co
 
 WINDOW_KEYS = ("sensor_id", "window_start", "window_end")
 AIR_SERVING = (
-    "sensor_id", "zone_id", "window_start", "window_end", *AIR_MEASURES.values(), "aqi",
+    "sensor_id",
+    "zone_id",
+    "window_start",
+    "window_end",
+    *AIR_MEASURES.values(),
+    "aqi",
     "aqi_category",
 )
 
@@ -73,7 +78,11 @@ def log_dead_letters(invalid: DataFrame, dlq_topic: str, total: int) -> None:
     for row in sample.collect():
         log.warning(
             "dead letter %s[%d] offset=%d reason=%s -> %s",
-            row.topic, row.partition, row.offset, row.reason, dlq_topic,
+            row.topic,
+            row.partition,
+            row.offset,
+            row.reason,
+            dlq_topic,
         )
     if total > DLQ_LOG_SAMPLE:
         log.warning("... and %d more dead letters -> %s", total - DLQ_LOG_SAMPLE, dlq_topic)
@@ -111,11 +120,13 @@ def stage_batch(judged: DataFrame, folder: Path) -> DataFrame:
     (``spark.sql.maxConcurrentOutputFileWriters``) spare the sort a partitioned write needs.
     """
     dead = F.col("reason").isNotNull()
-    rows = judged.withColumns({
-        "key": F.when(dead, F.col("key")),
-        "value": F.when(dead, F.col("value")),
-        "date": F.when(~dead, lake_date()),
-    }).withColumnRenamed("timestamp", "kafka_timestamp")
+    rows = judged.withColumns(
+        {
+            "key": F.when(dead, F.col("key")),
+            "value": F.when(dead, F.col("value")),
+            "date": F.when(~dead, lake_date()),
+        }
+    ).withColumnRenamed("timestamp", "kafka_timestamp")
     rows.write.partitionBy(*PARTITIONS).mode("overwrite").parquet(str(folder))
     if not any(folder.rglob("*.parquet")):  # an empty batch: nothing for Spark to read back
         return rows.limit(0)
@@ -222,8 +233,9 @@ def _advance_progress(
 
 
 def has_commits(conn: psycopg.Connection, query_name: str) -> bool:
-    cur = conn.execute("SELECT EXISTS (SELECT 1 FROM stream_commits WHERE query_name = %s)",
-                       (query_name,))
+    cur = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM stream_commits WHERE query_name = %s)", (query_name,)
+    )
     return bool(cur.fetchone()[0])  # type: ignore[index]
 
 
@@ -235,16 +247,23 @@ def partial_rows(partials: DataFrame, columns: Sequence[str]) -> list[tuple[Any,
         F.unix_micros("window_end").alias("window_end"),
         *columns,
     )
-    return [
-        (r[0], as_utc(r[1]), as_utc(r[2]), *r[3:]) for r in picked.collect()
-    ]
+    return [(r[0], as_utc(r[1]), as_utc(r[2]), *r[3:]) for r in picked.collect()]
 
 
-def _stage(cur: psycopg.Cursor, like: str, stage: str, columns: Sequence[str],
-           rows: Iterable[Sequence[Any]], method: Method) -> None:
+def _stage(
+    cur: psycopg.Cursor,
+    like: str,
+    stage: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    method: Method,
+) -> None:
     """A temporary table shaped like ``like``, filled with ``rows``, dropped at commit."""
-    cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(
-        sql.Identifier(stage), sql.Identifier(like)))
+    cur.execute(
+        sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(
+            sql.Identifier(stage), sql.Identifier(like)
+        )
+    )
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     if method == "copy":
         with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage), cols)) as cp:
@@ -252,7 +271,8 @@ def _stage(cur: psycopg.Cursor, like: str, stage: str, columns: Sequence[str],
                 cp.write_row(row)
     else:
         insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            sql.Identifier(stage), cols, sql.SQL(", ").join(sql.Placeholder() * len(columns)))
+            sql.Identifier(stage), cols, sql.SQL(", ").join(sql.Placeholder() * len(columns))
+        )
         cur.executemany(insert, list(rows))
 
 
@@ -319,11 +339,14 @@ FROM air_quality_1h_acc a
 JOIN air_stage b ON b.sensor_id = a.sensor_id AND b.window_start = a.window_start
 JOIN sensors s ON s.sensor_id = a.sensor_id
 JOIN cities c ON c.city_id = s.city_id
-""").format(means=sql.SQL(", ").join(
-    sql.SQL("a.{s} / NULLIF(a.{n}, 0)").format(s=sql.Identifier(f"{c}_sum"),
-                                               n=sql.Identifier(f"{c}_n"))
-    for c in AIR_MEASURES.values()
-))
+""").format(
+    means=sql.SQL(", ").join(
+        sql.SQL("a.{s} / NULLIF(a.{n}, 0)").format(
+            s=sql.Identifier(f"{c}_sum"), n=sql.Identifier(f"{c}_n")
+        )
+        for c in AIR_MEASURES.values()
+    )
+)
 
 
 def _claim(cur: psycopg.Cursor, commit: BatchCommit) -> bool:
@@ -332,8 +355,14 @@ def _claim(cur: psycopg.Cursor, commit: BatchCommit) -> bool:
         "INSERT INTO stream_commits (query_name, batch_id, watermark, valid_rows, dead_letters,"
         " batch_started_at) VALUES (%s, %s, %s, %s, %s, %s)"
         " ON CONFLICT DO NOTHING RETURNING batch_id",
-        (commit.query_name, commit.batch_id, commit.watermark, commit.valid_rows,
-         commit.dead_letters, commit.started_at),
+        (
+            commit.query_name,
+            commit.batch_id,
+            commit.watermark,
+            commit.valid_rows,
+            commit.dead_letters,
+            commit.started_at,
+        ),
     )
     return cur.fetchone() is not None
 

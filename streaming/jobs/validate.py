@@ -61,9 +61,7 @@ def parse(raw: DataFrame, spec: TopicSpec, max_event_bytes: int) -> DataFrame:
     parsed = raw.select(*KAFKA_COLUMNS, F.when(small, typed).alias("j"))
     return parsed.withColumn(
         "s",
-        F.when(
-            F.col(f"j.{CORRUPT}").isNotNull(), F.from_json(text, string_schema(spec))
-        ),
+        F.when(F.col(f"j.{CORRUPT}").isNotNull(), F.from_json(text, string_schema(spec))),
     )
 
 
@@ -108,9 +106,7 @@ def _any(predicates: Iterable[Column]) -> Column:
 
 def event_time(spec: TopicSpec) -> Column:
     """The event-time field of the row's type, as a timestamp."""
-    by_type = [
-        F.when(_j("type") == t, _t(events.EVENT_TIME_FIELD[t])) for t in spec.event_types
-    ]
+    by_type = [F.when(_j("type") == t, _t(events.EVENT_TIME_FIELD[t])) for t in spec.event_types]
     return F.coalesce(*by_type) if len(by_type) > 1 else by_type[0]
 
 
@@ -192,8 +188,15 @@ def rules(spec: TopicSpec, max_event_bytes: int) -> list[tuple[str, Column]]:
         ("not_json", garbage),
         ("unknown_type", ~F.coalesce(_j("type").isin(*spec.event_types), F.lit(False))),
     ]
-    for reason in ("unknown_schema_version", "missing_field", "wrong_type", "non_finite",
-                   "negative", "out_of_range", "bad_period"):
+    for reason in (
+        "unknown_schema_version",
+        "missing_field",
+        "wrong_type",
+        "non_finite",
+        "negative",
+        "out_of_range",
+        "bad_period",
+    ):
         table.append((reason, of_types(reason)))
     table += [  # the bounds are columns of the batch's one-row bounds frame (see classify)
         ("too_old", etime < F.col("_earliest")),
@@ -251,10 +254,14 @@ def classify(parsed: DataFrame, spec: TopicSpec, sensors: DataFrame, limits: Lim
     (validating 500k events with a fresh ``now`` each time: 10.8 s against 7.8 s with a fixed
     one, median of 5; streaming/README.md, "Where a micro-batch spends its time").
     """
-    watermark = (F.col("watermark") if "watermark" in sensors.columns
-                 else F.lit(None).cast("timestamp"))
-    known = sensors.select(F.col("sensor_id").alias("_sensor"), F.lit(True).alias("_known"),
-                           watermark.alias("_watermark"))
+    watermark = (
+        F.col("watermark") if "watermark" in sensors.columns else F.lit(None).cast("timestamp")
+    )
+    known = sensors.select(
+        F.col("sensor_id").alias("_sensor"),
+        F.lit(True).alias("_known"),
+        watermark.alias("_watermark"),
+    )
     bounds = literal_frame(
         parsed.sparkSession,
         ["_earliest", "_latest"],

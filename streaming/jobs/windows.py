@@ -162,7 +162,8 @@ class BatchSummary:
                 end = start + timedelta(seconds=WINDOW_SECONDS[r.type])
                 columns = SUMS[r.type][1]
                 out.partials.setdefault(r.type, []).append(
-                    (r.sensor, start, end, *(r[c] for c in columns)))
+                    (r.sensor, start, end, *(r[c] for c in columns))
+                )
         return out
 
     @property

@@ -60,9 +60,7 @@ class Station:
         for pollutant, getter in EMISSION_GETTERS.items():
             read = getattr(edge_api, getter)
             self._sums[pollutant] += sum(read(e) for e, _ in self.edges)
-        level = noise_at_station(
-            (edge_api.getNoiseEmission(e), d) for e, d in self.edges
-        )
+        level = noise_at_station((edge_api.getNoiseEmission(e), d) for e, d in self.edges)
         self._energy += 10 ** (level / 10)
         self._lmax = max(self._lmax, level)
         self._steps += 1

@@ -43,13 +43,15 @@ class Target:
 def synthetic_targets(n: int, air_share: float = 0.2) -> list[Target]:
     """N made-up sensors: ids 'load-tr-NNNNN' and 'load-aq-NNNNN'."""
     n_air = int(round(n * air_share))
-    return ([Target(f"load-tr-{i:05d}", "traffic") for i in range(n - n_air)]
-            + [Target(f"load-aq-{i:05d}", "air_quality") for i in range(n_air)])
+    return [Target(f"load-tr-{i:05d}", "traffic") for i in range(n - n_air)] + [
+        Target(f"load-aq-{i:05d}", "air_quality") for i in range(n_air)
+    ]
 
 
 def registered_targets(conn: Any, city_id: str | None = None) -> list[Target]:
     """The sensors of the serving table (optionally of one city)."""
-    query, params = "SELECT sensor_id, kind FROM sensors", ()
+    query = "SELECT sensor_id, kind FROM sensors"
+    params: tuple[str, ...] = ()
     if city_id:
         query, params = query + " WHERE city_id = %s", (city_id,)
     return [Target(sid, kind) for sid, kind in conn.execute(query + " ORDER BY sensor_id", params)]
@@ -60,31 +62,40 @@ def traffic_event(rng: random.Random, sensor_id: str, now: datetime) -> events.E
     count = max(0, int(rng.lognormvariate(math.log(12), 0.6)))  # vehicles per minute
     occupancy = min(1.0, rng.betavariate(1.5, 12) + count / 400)
     speed = None if count == 0 else max(3.0, rng.gauss(48 - count * 0.6, 8))
-    return events.traffic_flow(sensor_id, now - PERIOD, now, intensity=count,
-                               occupancy=occupancy, average_speed_kmh=speed)
+    return events.traffic_flow(
+        sensor_id, now - PERIOD, now, intensity=count, occupancy=occupancy, average_speed_kmh=speed
+    )
 
 
 def air_event(rng: random.Random, sensor_id: str, now: datetime) -> events.Event:
     pm25 = rng.lognormvariate(math.log(35), 0.8)
     return events.air_quality(
-        sensor_id, now - PERIOD, pm25=pm25, pm10=pm25 * rng.uniform(1.1, 1.8),
-        no2=rng.lognormvariate(math.log(40), 0.5), o3=rng.lognormvariate(math.log(50), 0.6),
-        so2=rng.lognormvariate(math.log(8), 0.7), co=rng.lognormvariate(math.log(800), 0.6),
-        temperature=rng.gauss(12, 8), relative_humidity=rng.uniform(0.2, 0.95),
-        wind_speed=rng.expovariate(1 / 2.5))
+        sensor_id,
+        now - PERIOD,
+        pm25=pm25,
+        pm10=pm25 * rng.uniform(1.1, 1.8),
+        no2=rng.lognormvariate(math.log(40), 0.5),
+        o3=rng.lognormvariate(math.log(50), 0.6),
+        so2=rng.lognormvariate(math.log(8), 0.7),
+        co=rng.lognormvariate(math.log(800), 0.6),
+        temperature=rng.gauss(12, 8),
+        relative_humidity=rng.uniform(0.2, 0.95),
+        wind_speed=rng.expovariate(1 / 2.5),
+    )
 
 
 def noise_event(rng: random.Random, sensor_id: str, now: datetime) -> events.Event:
     laeq = rng.gauss(65, 6)
-    return events.noise_level(sensor_id, now - PERIOD, now, laeq=laeq,
-                              lamax=laeq + rng.uniform(3, 15))
+    return events.noise_level(
+        sensor_id, now - PERIOD, now, laeq=laeq, lamax=laeq + rng.uniform(3, 15)
+    )
 
 
 # --------------------------------------------------------------------------- bad events
 Bad = tuple[bytes | None, bytes]
 
 
-def _json(event: dict[str, Any]) -> bytes:
+def _json(event: Any) -> bytes:
     return orjson.dumps(event)
 
 
@@ -94,8 +105,7 @@ def _with(event: events.Event, **changes: Any) -> bytes:
 
 def _nan(event: events.Event) -> bytes:
     # what Python's json.dumps writes for float('nan'): not JSON, but common in the wild
-    text = _json({**event, "occupancy": 0.5}).decode().replace('"occupancy":0.5',
-                                                                '"occupancy":NaN')
+    text = _json({**event, "occupancy": 0.5}).decode().replace('"occupancy":0.5', '"occupancy":NaN')
     return text.encode()
 
 
@@ -105,12 +115,16 @@ MALFORMED: dict[str, Callable[[random.Random, events.Event], bytes]] = {
     "negative_count": lambda rng, e: _with(e, intensity=-rng.randint(1, 50)),
     "occupancy_over_one": lambda rng, e: _with(e, occupancy=rng.uniform(1.01, 100)),
     "far_future": lambda rng, e: _with(
-        e, dateObservedFrom=events.iso(datetime.now(UTC) + timedelta(days=30)),
-        dateObservedTo=events.iso(datetime.now(UTC) + timedelta(days=30, minutes=1))),
-    "ancient": lambda rng, e: _with(e, dateObservedFrom="1970-01-01T00:00:00Z",
-                                    dateObservedTo="1970-01-01T00:01:00Z"),
-    "period_reversed": lambda rng, e: _with(e, dateObservedFrom=e["dateObservedTo"],
-                                            dateObservedTo=e["dateObservedFrom"]),
+        e,
+        dateObservedFrom=events.iso(datetime.now(UTC) + timedelta(days=30)),
+        dateObservedTo=events.iso(datetime.now(UTC) + timedelta(days=30, minutes=1)),
+    ),
+    "ancient": lambda rng, e: _with(
+        e, dateObservedFrom="1970-01-01T00:00:00Z", dateObservedTo="1970-01-01T00:01:00Z"
+    ),
+    "period_reversed": lambda rng, e: _with(
+        e, dateObservedFrom=e["dateObservedTo"], dateObservedTo=e["dateObservedFrom"]
+    ),
     "no_timezone": lambda rng, e: _with(e, dateObservedFrom=e["dateObservedFrom"].rstrip("Z")),
     "missing_field": lambda rng, e: _json({k: v for k, v in e.items() if k != "refDevice"}),
     "unknown_type": lambda rng, e: _with(e, type="ParkingSpot"),
@@ -146,16 +160,23 @@ class LoadStats:
 
 
 class LoadGenerator:
-    def __init__(self, targets: list[Target], *, malformed_share: float = 0.0, seed: int = 7,
-                 malformed_kinds: list[str] | None = None):
+    def __init__(
+        self,
+        targets: list[Target],
+        *,
+        malformed_share: float = 0.0,
+        seed: int = 7,
+        malformed_kinds: list[str] | None = None,
+    ):
         if not targets:
             raise ValueError("no sensors to generate events for")
         if not 0 <= malformed_share <= 1:
             raise ValueError(f"malformed share {malformed_share} is not within 0..1")
         unknown = set(malformed_kinds or ()) - set(MALFORMED)
         if unknown:
-            raise ValueError(f"unknown malformed kinds {sorted(unknown)}; "
-                             f"known: {', '.join(MALFORMED)}")
+            raise ValueError(
+                f"unknown malformed kinds {sorted(unknown)}; known: {', '.join(MALFORMED)}"
+            )
         self.targets = targets
         self.malformed_share = malformed_share
         self.kinds = malformed_kinds or list(MALFORMED)
@@ -172,8 +193,15 @@ class LoadGenerator:
         build = air_event if self.rng.random() < 0.5 else noise_event
         return topics.environment, build(self.rng, target.sensor_id, now), None
 
-    def run(self, producer: Any, topics: Topics, *, rate: float, duration_s: float,
-            stop: threading.Event | None = None) -> LoadStats:
+    def run(
+        self,
+        producer: Any,
+        topics: Topics,
+        *,
+        rate: float,
+        duration_s: float,
+        stop: threading.Event | None = None,
+    ) -> LoadStats:
         """Send at ``rate`` events/s for ``duration_s`` wall seconds; flushes at the end."""
         stop = stop or threading.Event()
         stats = LoadStats(target_rate=rate)
@@ -194,8 +222,13 @@ class LoadGenerator:
                 stats.sent += 1
             if time.monotonic() - last_log >= 5:
                 last_log = time.monotonic()
-                log.info("load: %d sent (%.0f/s), %d delivered, %d failed", stats.sent,
-                         stats.sent / (last_log - t0), producer.stats.sent, producer.stats.failed)
+                log.info(
+                    "load: %d sent (%.0f/s), %d delivered, %d failed",
+                    stats.sent,
+                    stats.sent / (last_log - t0),
+                    producer.stats.sent,
+                    producer.stats.failed,
+                )
             time.sleep(TICK_S)
         stats.duration_s = time.monotonic() - t0
         producer.flush()
@@ -225,8 +258,17 @@ def run_in_process(
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(
         target=_child,
-        args=(send, bootstrap, client, targets, topics.prefix, rate, duration_s, seed,
-              malformed_share),
+        args=(
+            send,
+            bootstrap,
+            client,
+            targets,
+            topics.prefix,
+            rate,
+            duration_s,
+            seed,
+            malformed_share,
+        ),
         name="cityos-load",
         daemon=True,
     )
@@ -243,11 +285,21 @@ def run_in_process(
     return outcome
 
 
-def _child(send: Any, bootstrap: str, client: str, targets: list[Target], prefix: str,
-           rate: float, duration_s: float, seed: int, malformed_share: float) -> None:
+def _child(
+    send: Any,
+    bootstrap: str,
+    client: str,
+    targets: list[Target],
+    prefix: str,
+    rate: float,
+    duration_s: float,
+    seed: int,
+    malformed_share: float,
+) -> None:
     """The child's side of :func:`run_in_process`: sends the LoadStats, or the error's text."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     outcome: LoadStats | str
     try:
         producer = make_producer(bootstrap, client, client_id="cityos-load")

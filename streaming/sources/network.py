@@ -70,8 +70,10 @@ def find_scenario(name_or_dir: str, data_dir: Path) -> Scenario:
     configs = sorted(folder.glob("*.sumocfg")) if folder.is_dir() else []
     if not configs:
         known = sorted(p.name for p in (data_dir / "resco-sumo").glob("*") if p.is_dir())
-        raise ConfigError("CITYOS_TWIN_NETWORK",
-                          f"no SUMO scenario {name_or_dir!r} (known: {', '.join(known) or 'none'})")
+        raise ConfigError(
+            "CITYOS_TWIN_NETWORK",
+            f"no SUMO scenario {name_or_dir!r} (known: {', '.join(known) or 'none'})",
+        )
     root = ET.parse(configs[0]).getroot()  # noqa: S314 - a shipped scenario file
 
     def value(tag: str) -> str:
@@ -222,9 +224,17 @@ def _green_phases(tls: sumolib.net.TLS) -> tuple[str, list[GreenPhase]]:
         while not green[j] and j != i:
             intergreen += float(phases[j].duration)
             j = (j + 1) % len(phases)
-        out.append(GreenPhase(index=len(out), sumo_index=i, state=phase.state,
-                              green_s=float(phase.duration), intergreen_s=intergreen,
-                              min_green_s=MIN_GREEN_S, max_green_s=MAX_GREEN_DEFAULT_S))
+        out.append(
+            GreenPhase(
+                index=len(out),
+                sumo_index=i,
+                state=phase.state,
+                green_s=float(phase.duration),
+                intergreen_s=intergreen,
+                min_green_s=MIN_GREEN_S,
+                max_green_s=MAX_GREEN_DEFAULT_S,
+            )
+        )
     return program_id, out
 
 
@@ -237,9 +247,16 @@ def _approach(net: sumolib.net.Net, edge: sumolib.net.edge.Edge, tls_id: str) ->
     x, y = sumolib.geomhelper.positionAtShapeOffset(lanes[0].getShape(), pos[lanes[0].getID()])
     lon, lat = net.convertXY2LonLat(x, y)
     bearing = approach_bearing(edge)
-    return Approach(edge_id=edge.getID(), tls_id=tls_id, bearing=bearing, bound=bound_of(bearing),
-                    lanes=[(ln.getID(), pos[ln.getID()]) for ln in lanes], lon=lon, lat=lat,
-                    speed_limit_kmh=edge.getSpeed() * 3.6)
+    return Approach(
+        edge_id=edge.getID(),
+        tls_id=tls_id,
+        bearing=bearing,
+        bound=bound_of(bearing),
+        lanes=[(ln.getID(), pos[ln.getID()]) for ln in lanes],
+        lon=lon,
+        lat=lat,
+        speed_limit_kmh=edge.getSpeed() * 3.6,
+    )
 
 
 def edge_street(net: sumolib.net.Net, edge: sumolib.net.edge.Edge, namer: Namer) -> str:
@@ -269,9 +286,17 @@ def build_layout(net: sumolib.net.Net, namer: Namer, city_id: str = "cologne") -
         for edge in edges:
             approaches[edge.getID()].street = edge_street(net, edge, namer)
         name = namer.intersection_name(lon, lat)
-        signal = Signal(tls_id=tls.getID(), program_id=program_id, lon=lon, lat=lat, x=x, y=y,
-                        phases=phases, name=name,
-                        approaches=sorted(approaches.values(), key=lambda a: a.bearing))
+        signal = Signal(
+            tls_id=tls.getID(),
+            program_id=program_id,
+            lon=lon,
+            lat=lat,
+            x=x,
+            y=y,
+            phases=phases,
+            name=name,
+            approaches=sorted(approaches.values(), key=lambda a: a.bearing),
+        )
         for phase in phases:
             _describe(phase, links, approaches)
         signals.append(signal)
@@ -298,8 +323,9 @@ def _describe(phase: GreenPhase, links: dict, approaches: dict[str, Approach]) -
         for street in sorted(served)
     )
     only = set(kinds.values())
-    phase.max_green_s = (MAX_GREEN_S.get(only.pop(), MAX_GREEN_DEFAULT_S)
-                         if len(only) == 1 else MAX_GREEN_DEFAULT_S)
+    phase.max_green_s = (
+        MAX_GREEN_S.get(only.pop(), MAX_GREEN_DEFAULT_S) if len(only) == 1 else MAX_GREEN_DEFAULT_S
+    )
 
 
 def _number_sensors(signals: list[Signal], city_id: str) -> None:

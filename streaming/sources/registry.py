@@ -67,11 +67,20 @@ def write_sensors(conn: psycopg.Connection[Any], city: CityGeo, rows: Iterable[S
 
 def write_intersections(conn: psycopg.Connection[Any], city: CityGeo, layout: Any) -> int:
     """Intersections and their green phases (the plan of the layout) for a twin layout."""
-    register_intersections(conn, [
-        {"intersection_id": s.tls_id, "city_id": layout.city_id, "name": s.name,
-         "latitude": s.lat, "longitude": s.lon}
-        for s in layout.signals
-    ], city.zone_index())
+    register_intersections(
+        conn,
+        [
+            {
+                "intersection_id": s.tls_id,
+                "city_id": layout.city_id,
+                "name": s.name,
+                "latitude": s.lat,
+                "longitude": s.lon,
+            }
+            for s in layout.signals
+        ],
+        city.zone_index(),
+    )
     with conn.transaction(), conn.cursor() as cur:
         for s in layout.signals:
             cur.executemany(
@@ -85,8 +94,18 @@ def write_intersections(conn: psycopg.Connection[Any], city: CityGeo, layout: An
                 " AND excluded.max_green_s THEN signal_phases.green_s ELSE excluded.green_s END,"
                 " intergreen_s = excluded.intergreen_s, min_green_s = excluded.min_green_s,"
                 " max_green_s = excluded.max_green_s",
-                [(s.tls_id, p.index, p.description, p.green_s, p.intergreen_s, p.min_green_s,
-                  p.max_green_s) for p in s.phases],
+                [
+                    (
+                        s.tls_id,
+                        p.index,
+                        p.description,
+                        p.green_s,
+                        p.intergreen_s,
+                        p.min_green_s,
+                        p.max_green_s,
+                    )
+                    for p in s.phases
+                ],
             )
             cur.execute(
                 "DELETE FROM signal_phases WHERE intersection_id = %s AND phase_index >= %s",
@@ -98,18 +117,29 @@ def write_intersections(conn: psycopg.Connection[Any], city: CityGeo, layout: An
 def twin_sensor_rows(layout: Any, stations: Iterable[Any]) -> list[SensorRow]:
     """Approach sensors (traffic) and virtual stations (air quality and noise) of a twin."""
     rows = [
-        SensorRow(ap.sensor_id, layout.city_id, "traffic", ap.name, ap.lat, ap.lon,
-                  road_name=ap.street, intersection_id=ap.tls_id,
-                  speed_limit_kmh=round(ap.speed_limit_kmh, 2))
+        SensorRow(
+            ap.sensor_id,
+            layout.city_id,
+            "traffic",
+            ap.name,
+            ap.lat,
+            ap.lon,
+            road_name=ap.street,
+            intersection_id=ap.tls_id,
+            speed_limit_kmh=round(ap.speed_limit_kmh, 2),
+        )
         for ap in layout.approaches
     ]
-    rows += [SensorRow(st.sensor_id, layout.city_id, "air_quality", st.name, st.lat, st.lon)
-             for st in stations]
+    rows += [
+        SensorRow(st.sensor_id, layout.city_id, "air_quality", st.name, st.lat, st.lon)
+        for st in stations
+    ]
     return rows
 
 
-def register_twin(conn: psycopg.Connection[Any], city: CityGeo, layout: Any,
-                  stations: Iterable[Any]) -> dict[str, int]:
+def register_twin(
+    conn: psycopg.Connection[Any], city: CityGeo, layout: Any, stations: Iterable[Any]
+) -> dict[str, int]:
     """City, zones, intersections, phases and sensors of a twin, all upserted."""
     write_city(conn, city)
     counts = {"intersections": write_intersections(conn, city, layout)}

@@ -50,14 +50,30 @@ METR_LA_FIRST = datetime(2012, 3, 1, tzinfo=LA_TZ)
 METR_LA_STEP = timedelta(minutes=5)
 # PRSA station name -> KDD Cup 2018 station id in the coordinates file (SOURCE.md)
 PRSA_STATIONS = {
-    "Aotizhongxin": "aotizhongxin_aq", "Changping": "pingchang_aq", "Dingling": "dingling_aq",
-    "Dongsi": "dongsi_aq", "Guanyuan": "guanyuan_aq", "Gucheng": "gucheng_aq",
-    "Huairou": "huairou_aq", "Nongzhanguan": "nongzhanguan_aq", "Shunyi": "shunyi_aq",
-    "Tiantan": "tiantan_aq", "Wanliu": "wanliu_aq", "Wanshouxigong": "wanshouxigong_aq",
+    "Aotizhongxin": "aotizhongxin_aq",
+    "Changping": "pingchang_aq",
+    "Dingling": "dingling_aq",
+    "Dongsi": "dongsi_aq",
+    "Guanyuan": "guanyuan_aq",
+    "Gucheng": "gucheng_aq",
+    "Huairou": "huairou_aq",
+    "Nongzhanguan": "nongzhanguan_aq",
+    "Shunyi": "shunyi_aq",
+    "Tiantan": "tiantan_aq",
+    "Wanliu": "wanliu_aq",
+    "Wanshouxigong": "wanshouxigong_aq",
 }
 # PRSA column -> AirQualityObserved builder argument
-PRSA_FIELDS = {"PM2.5": "pm25", "PM10": "pm10", "NO2": "no2", "O3": "o3", "SO2": "so2",
-               "CO": "co", "TEMP": "temperature", "WSPM": "wind_speed"}
+PRSA_FIELDS = {
+    "PM2.5": "pm25",
+    "PM10": "pm10",
+    "NO2": "no2",
+    "O3": "o3",
+    "SO2": "so2",
+    "CO": "co",
+    "TEMP": "temperature",
+    "WSPM": "wind_speed",
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,8 @@ def relative_humidity(temp_c: float | None, dew_point_c: float | None) -> float 
     if temp_c is None or dew_point_c is None:
         return None
     ratio = math.exp(17.625 * dew_point_c / (243.04 + dew_point_c)) / math.exp(
-        17.625 * temp_c / (243.04 + temp_c))
+        17.625 * temp_c / (243.04 + temp_c)
+    )
     return min(1.0, max(0.0, ratio))
 
 
@@ -100,15 +117,21 @@ def beijing_sensors(data_dir: Path) -> list[SensorRow]:
     coords = pd.read_csv(beijing_dir(data_dir) / "Beijing_AirQuality_Stations_cn.csv")
     coords = coords.set_index("stationId")
     return [
-        SensorRow(f"beijing-aq-{station.lower()}", "beijing", "air_quality", station,
-                  latitude=float(coords.at[kdd, "latitude"]),
-                  longitude=float(coords.at[kdd, "longitude"]))
+        SensorRow(
+            f"beijing-aq-{station.lower()}",
+            "beijing",
+            "air_quality",
+            station,
+            latitude=float(coords.at[kdd, "latitude"]),
+            longitude=float(coords.at[kdd, "longitude"]),
+        )
         for station, kdd in sorted(PRSA_STATIONS.items())
     ]
 
 
-def beijing_records(data_dir: Path, since: datetime | None = None,
-                    until: datetime | None = None) -> tuple[list[Record], int]:
+def beijing_records(
+    data_dir: Path, since: datetime | None = None, until: datetime | None = None
+) -> tuple[list[Record], int]:
     """Hourly readings of the 12 stations with since <= window start < until."""
     records: list[Record] = []
     for station in sorted(PRSA_STATIONS):
@@ -123,8 +146,7 @@ def beijing_records(data_dir: Path, since: datetime | None = None,
         sensor_id = f"beijing-aq-{station.lower()}"
         for row in df.itertuples(index=False):
             values = {arg: _value(getattr(row, _attr(col))) for col, arg in PRSA_FIELDS.items()}
-            values["relative_humidity"] = relative_humidity(values["temperature"],
-                                                            _value(row.DEWP))
+            values["relative_humidity"] = relative_humidity(values["temperature"], _value(row.DEWP))
             at = row.at.to_pydatetime()
             records.append(Record(at, "environment", _air_builder(sensor_id, at, values)))
     return records, 0
@@ -147,15 +169,22 @@ def metr_la_dir(data_dir: Path) -> Path:
 def metr_la_sensors(data_dir: Path) -> list[SensorRow]:
     locations = pd.read_csv(metr_la_dir(data_dir) / "graph_sensor_locations.csv")
     return [
-        SensorRow(f"la-{int(r.sensor_id)}", "los-angeles", "traffic",
-                  f"METR-LA loop {int(r.sensor_id)}", latitude=float(r.latitude),
-                  longitude=float(r.longitude), speed_limit_kmh=LA_FREEWAY_LIMIT_KMH)
+        SensorRow(
+            f"la-{int(r.sensor_id)}",
+            "los-angeles",
+            "traffic",
+            f"METR-LA loop {int(r.sensor_id)}",
+            latitude=float(r.latitude),
+            longitude=float(r.longitude),
+            speed_limit_kmh=LA_FREEWAY_LIMIT_KMH,
+        )
         for r in locations.itertuples(index=False)
     ]
 
 
-def metr_la_records(data_dir: Path, since: datetime | None = None,
-                    until: datetime | None = None) -> tuple[list[Record], int]:
+def metr_la_records(
+    data_dir: Path, since: datetime | None = None, until: datetime | None = None
+) -> tuple[list[Record], int]:
     """5-minute speeds of the 207 loops; zero/empty speeds skipped and counted as missing."""
     speeds = pd.read_csv(metr_la_dir(data_dir) / "los_speed.csv")
     records, missing = [], 0
@@ -167,15 +196,21 @@ def metr_la_records(data_dir: Path, since: datetime | None = None,
             if pd.isna(mph) or mph <= 0:
                 missing += 1
                 continue
-            records.append(Record(at, "traffic", _loop_builder(f"la-{sensor}", at,
-                                                                float(mph) * MPH_TO_KMH)))
+            records.append(
+                Record(at, "traffic", _loop_builder(f"la-{sensor}", at, float(mph) * MPH_TO_KMH))
+            )
     return records, missing
 
 
 def _loop_builder(sensor_id: str, at: datetime, kmh: float) -> Callable:
-    return lambda shift: events.traffic_flow(sensor_id, at + shift, at + shift + METR_LA_STEP,
-                                             intensity=None, occupancy=None,
-                                             average_speed_kmh=kmh)
+    return lambda shift: events.traffic_flow(
+        sensor_id,
+        at + shift,
+        at + shift + METR_LA_STEP,
+        intensity=None,
+        occupancy=None,
+        average_speed_kmh=kmh,
+    )
 
 
 @dataclass(frozen=True)
@@ -192,8 +227,9 @@ DATASETS = {
 
 
 # --------------------------------------------------------------------------- replay
-def time_shift(records: list[Record], *, rebase: bool, speed: float,
-               now: datetime | None = None) -> timedelta:
+def time_shift(
+    records: list[Record], *, rebase: bool, speed: float, now: datetime | None = None
+) -> timedelta:
     """How far to move the data's times (see the module docstring)."""
     if not rebase or not records:
         return timedelta(0)
@@ -202,9 +238,17 @@ def time_shift(records: list[Record], *, rebase: bool, speed: float,
     return now - anchor
 
 
-def publish(records: list[Record], producer: Any, topics: Topics, *, speed: float = math.inf,
-            rebase: bool = True, missing: int = 0, stop: threading.Event | None = None,
-            now: datetime | None = None) -> ReplayStats:
+def publish(
+    records: list[Record],
+    producer: Any,
+    topics: Topics,
+    *,
+    speed: float = math.inf,
+    rebase: bool = True,
+    missing: int = 0,
+    stop: threading.Event | None = None,
+    now: datetime | None = None,
+) -> ReplayStats:
     """Send the records in time order, paced to ``speed`` data seconds per wall second."""
     stop = stop or threading.Event()
     records = sorted(records, key=lambda r: r.at)
@@ -225,8 +269,12 @@ def publish(records: list[Record], producer: Any, topics: Topics, *, speed: floa
         stats.sent += 1
         if time.monotonic() - last_log >= 10:
             last_log = time.monotonic()
-            log.info("replay at %s: %d of %d sent", events.iso(record.at + shift), stats.sent,
-                     stats.records)
+            log.info(
+                "replay at %s: %d of %d sent",
+                events.iso(record.at + shift),
+                stats.sent,
+                stats.records,
+            )
     return stats
 
 

@@ -65,8 +65,13 @@ class Demand:
     def read(cls, scenario: Scenario) -> Demand:
         root = ET.parse(scenario.routes).getroot()  # noqa: S314 - a shipped scenario file
         trips = [
-            Trip(el.get("id", ""), float(el.get("depart", "0")) - scenario.begin,
-                 el.get("from", ""), el.get("to", ""), el.get("type", "DEFAULT_VEHTYPE"))
+            Trip(
+                el.get("id", ""),
+                float(el.get("depart", "0")) - scenario.begin,
+                el.get("from", ""),
+                el.get("to", ""),
+                el.get("type", "DEFAULT_VEHTYPE"),
+            )
             for el in root.iter("trip")
         ]
         if not trips:
@@ -121,17 +126,31 @@ def stations_for(layout: Layout, net: Any) -> list[Station]:
     for number, signal in enumerate(layout.signals, 1):
         hits = net.getNeighboringEdges(signal.x, signal.y, RADIUS_M)
         edges = sorted((e.getID(), round(d, 1)) for e, d in hits)
-        stations.append(Station(sensor_id=f"{layout.city_id}-aq-{number:02d}",
-                                name=f"{signal.name} (modelled)",
-                                lon=signal.lon, lat=signal.lat, edges=edges))
+        stations.append(
+            Station(
+                sensor_id=f"{layout.city_id}-aq-{number:02d}",
+                name=f"{signal.name} (modelled)",
+                lon=signal.lon,
+                lat=signal.lat,
+                edges=edges,
+            )
+        )
     return stations
 
 
 class Twin:
     """One SUMO run; libsumo allows one per process, so a Twin is used as a context manager."""
 
-    def __init__(self, scenario: Scenario, layout: Layout, stations: list[Station], *,
-                 demand_scale: float = 1.0, seed: int = 42, work_dir: Path | None = None):
+    def __init__(
+        self,
+        scenario: Scenario,
+        layout: Layout,
+        stations: list[Station],
+        *,
+        demand_scale: float = 1.0,
+        seed: int = 42,
+        work_dir: Path | None = None,
+    ):
         self.scenario, self.layout, self.stations = scenario, layout, stations
         self.demand = Demand.read(scenario)
         self.demand_scale = demand_scale
@@ -161,11 +180,29 @@ class Twin:
         vtypes = self.work_dir / "vtypes.rou.xml"
         vtypes.write_text("<routes>\n" + "\n".join(self.demand.vtypes_xml) + "\n</routes>\n")
         begin = self.scenario.begin - WARMUP_S
-        libsumo.start([
-            "sumo", "-n", str(self.scenario.net), "-r", str(vtypes), "-a", str(additional),
-            "-b", str(begin), "--seed", str(self.seed), "--time-to-teleport", str(TELEPORT_S),
-            "--no-step-log", "true", "--no-warnings", "true", "--duration-log.disable", "true",
-        ])
+        libsumo.start(
+            [
+                "sumo",
+                "-n",
+                str(self.scenario.net),
+                "-r",
+                str(vtypes),
+                "-a",
+                str(additional),
+                "-b",
+                str(begin),
+                "--seed",
+                str(self.seed),
+                "--time-to-teleport",
+                str(TELEPORT_S),
+                "--no-step-log",
+                "true",
+                "--no-warnings",
+                "true",
+                "--duration-log.disable",
+                "true",
+            ]
+        )
         self._sumo = libsumo
         log.info("SUMO started on %s (work dir %s)", self.scenario.net.name, self.work_dir)
 
@@ -181,8 +218,10 @@ class Twin:
         lines = ["<additional>"]
         for ap in self.layout.approaches:
             for lane_id, pos in ap.lanes:
-                lines.append(f'  <inductionLoop id="{ap.sensor_id}__{lane_id}" lane="{lane_id}" '
-                             f'pos="{pos:.2f}" period="{PERIOD_S}" file="NUL"/>')
+                lines.append(
+                    f'  <inductionLoop id="{ap.sensor_id}__{lane_id}" lane="{lane_id}" '
+                    f'pos="{pos:.2f}" period="{PERIOD_S}" file="NUL"/>'
+                )
         lines.append("</additional>")
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -201,8 +240,9 @@ class Twin:
             for vid, trip, offset in self.demand.hour(h, self.demand_scale, self._rng):
                 route = f"r.{vid}"
                 self._sumo.route.add(route, [trip.from_edge, trip.to_edge])  # routed on insert
-                self._sumo.vehicle.add(vid, route, typeID=trip.vtype,
-                                       depart=f"{self.scenario.begin + offset:.2f}")
+                self._sumo.vehicle.add(
+                    vid, route, typeID=trip.vtype, depart=f"{self.scenario.begin + offset:.2f}"
+                )
 
     def step(self) -> None:
         """Advance one simulated second, adding demand one hour ahead."""
@@ -234,9 +274,16 @@ class Twin:
                 # SUMO reports a tiny negative share for some empty intervals; clamp to 0
                 occupancy.append(max(0.0, loop.getLastIntervalOccupancy(det)) / 100.0)
             speed = weighted / count * 3.6 if count else None
-            out.append(events.traffic_flow(
-                ap.sensor_id, start, end, intensity=count,
-                occupancy=min(1.0, sum(occupancy) / len(occupancy)), average_speed_kmh=speed))
+            out.append(
+                events.traffic_flow(
+                    ap.sensor_id,
+                    start,
+                    end,
+                    intensity=count,
+                    occupancy=min(1.0, sum(occupancy) / len(occupancy)),
+                    average_speed_kmh=speed,
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ control seam
@@ -249,13 +296,26 @@ class Twin:
             program = tl.getProgram(tid)
             logic = next(lg for lg in tl.getAllProgramLogics(tid) if lg.programID == program)
             running = tl.getPhase(tid)
-            phases = [PhaseState(p.index, p.sumo_index,
-                                 float(logic.phases[p.sumo_index].duration),
-                                 p.intergreen_s, p.min_green_s, p.max_green_s)
-                      for p in signal.phases]
+            phases = [
+                PhaseState(
+                    p.index,
+                    p.sumo_index,
+                    float(logic.phases[p.sumo_index].duration),
+                    p.intergreen_s,
+                    p.min_green_s,
+                    p.max_green_s,
+                )
+                for p in signal.phases
+            ]
             green = next((p.index for p in signal.phases if p.sumo_index == running), None)
-            out[tid] = SignalState(tid, program, running, green,
-                                   tl.getNextSwitch(tid) - self._sumo.simulation.getTime(), phases)
+            out[tid] = SignalState(
+                tid,
+                program,
+                running,
+                green,
+                tl.getNextSwitch(tid) - self._sumo.simulation.getTime(),
+                phases,
+            )
         return out
 
     def set_green(self, tls_id: str, phase_index: int, green_s: float) -> None:
@@ -265,8 +325,10 @@ class Twin:
             raise ValueError(f"{tls_id} has green phases 0..{len(signal.phases) - 1}")
         phase = signal.phases[phase_index]
         if not phase.min_green_s <= green_s <= phase.max_green_s:
-            raise ValueError(f"green {green_s:g} s of {tls_id} phase {phase_index} is outside "
-                             f"[{phase.min_green_s:g}, {phase.max_green_s:g}] s")
+            raise ValueError(
+                f"green {green_s:g} s of {tls_id} phase {phase_index} is outside "
+                f"[{phase.min_green_s:g}, {phase.max_green_s:g}] s"
+            )
         tl = self._sumo.trafficlight
         program = tl.getProgram(tls_id)
         logic = next(lg for lg in tl.getAllProgramLogics(tls_id) if lg.programID == program)
@@ -283,8 +345,9 @@ class Pacer:
         self.speedup = speedup
         self._wall0 = time.monotonic()
 
-    def wait(self, simulated_s: float, idle: Callable[[], object] | None = None,
-             every_s: float = 0.05) -> None:
+    def wait(
+        self, simulated_s: float, idle: Callable[[], object] | None = None, every_s: float = 0.05
+    ) -> None:
         """Sleep until ``simulated_s`` is due; ``idle`` (control polling) runs every ``every_s``
         wall seconds meanwhile, so a slow twin still takes a change within ``every_s``."""
         if math.isinf(self.speedup) or self.speedup >= 1e6:
@@ -314,10 +377,18 @@ def default_start(
     return now
 
 
-def run(twin: Twin, producer: Any, topics: Topics, *, start: datetime, speedup: float,
-        duration_s: float | None, stop: threading.Event | None = None,
-        progress: Callable[[float], None] | None = None,
-        control: Callable[[], object] | None = None) -> RunStats:
+def run(
+    twin: Twin,
+    producer: Any,
+    topics: Topics,
+    *,
+    start: datetime,
+    speedup: float,
+    duration_s: float | None,
+    stop: threading.Event | None = None,
+    progress: Callable[[float], None] | None = None,
+    control: Callable[[], object] | None = None,
+) -> RunStats:
     """Simulate and publish until ``duration_s`` simulated seconds passed or ``stop`` is set.
 
     ``progress`` is called with the simulated seconds after every published period; ``control``
@@ -349,10 +420,16 @@ def run(twin: Twin, producer: Any, topics: Topics, *, start: datetime, speedup: 
                 progress(t)
         if time.monotonic() - last_log >= PROGRESS_EVERY_S:
             last_log = time.monotonic()
-            log.info("twin at %s (+%.0f s simulated): %d traffic, %d environment events, "
-                     "%d delivered, %d failed", events.iso(start + timedelta(seconds=t)), t,
-                     stats.traffic_events, stats.environment_events,
-                     producer.stats.sent, producer.stats.failed)
+            log.info(
+                "twin at %s (+%.0f s simulated): %d traffic, %d environment events, "
+                "%d delivered, %d failed",
+                events.iso(start + timedelta(seconds=t)),
+                t,
+                stats.traffic_events,
+                stats.environment_events,
+                producer.stats.sent,
+                producer.stats.failed,
+            )
     stats.simulated_s = twin.time
     return stats
 

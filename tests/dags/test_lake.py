@@ -187,11 +187,13 @@ def test_spark_reads_a_compacted_lake_as_it_read_the_batches(tmp_path: Path, spa
 
     rows = lake_rows(air_events(DAY, DAY + timedelta(days=1)), "environment")
     judged = spark.createDataFrame(pd_frame(rows)).withColumnRenamed("kafka_timestamp", "timestamp")
-    judged = judged.withColumns({  # as the job's judged rows: all valid, bytes for DLQ only
-        "reason": F.lit(None).cast("string"),
-        "key": F.lit(None).cast("binary"),
-        "value": F.lit(None).cast("binary"),
-    })
+    judged = judged.withColumns(
+        {  # as the job's judged rows: all valid, bytes for DLQ only
+            "reason": F.lit(None).cast("string"),
+            "key": F.lit(None).cast("binary"),
+            "value": F.lit(None).cast("binary"),
+        }
+    )
     topic_dir = tmp_path / "environment"
     for batch in range(6):  # four hours a batch
         lo, hi = DAY + timedelta(hours=4 * batch), DAY + timedelta(hours=4 * (batch + 1))
@@ -199,7 +201,8 @@ def test_spark_reads_a_compacted_lake_as_it_read_the_batches(tmp_path: Path, spa
         if batch < 2:  # as the job wrote the lake before staging: no key and value columns
             folder = topic_dir / "date=2014-01-15" / f"batch={batch}"
             part.drop("reason", "key", "value").withColumnRenamed(
-                "timestamp", "kafka_timestamp").write.parquet(str(folder))
+                "timestamp", "kafka_timestamp"
+            ).write.parquet(str(folder))
             continue
         staged = staging_folder(topic_dir, batch)
         stage_batch(part, staged)

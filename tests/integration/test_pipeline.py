@@ -30,22 +30,32 @@ SQUARE = '{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1],[0,0]]]}'
 
 def register(database_url: str, schema: str) -> None:
     with connect(database_url, schema) as conn:
-        conn.execute("INSERT INTO cities VALUES ('cologne','Cologne','Köln','Europe/Berlin',"
-                     "'eu_eaqi'), ('beijing','Beijing','北京','Asia/Shanghai','china_hj633')")
+        conn.execute(
+            "INSERT INTO cities VALUES ('cologne','Cologne','Köln','Europe/Berlin',"
+            "'eu_eaqi'), ('beijing','Beijing','北京','Asia/Shanghai','china_hj633')"
+        )
         zones = [("cologne-stb-5", "cologne"), *((z, "beijing") for z in STATIONS.values())]
         for zone, city in zones:
-            conn.execute("INSERT INTO zones (zone_id, city_id, name, level, geometry, area_km2)"
-                         " VALUES (%s, %s, %s, 'district', %s, 1.0)", (zone, city, zone, SQUARE))
+            conn.execute(
+                "INSERT INTO zones (zone_id, city_id, name, level, geometry, area_km2)"
+                " VALUES (%s, %s, %s, 'district', %s, 1.0)",
+                (zone, city, zone, SQUARE),
+            )
         for sensor, limit in SPEED_LIMITS.items():
-            conn.execute("INSERT INTO sensors (sensor_id, city_id, kind, name, zone_id, latitude,"
-                         " longitude) VALUES (%s, 'cologne', 'traffic', %s,"
-                         " 'cologne-stb-5', 50.96, 6.95)", (sensor, sensor))
+            conn.execute(
+                "INSERT INTO sensors (sensor_id, city_id, kind, name, zone_id, latitude,"
+                " longitude) VALUES (%s, 'cologne', 'traffic', %s,"
+                " 'cologne-stb-5', 50.96, 6.95)",
+                (sensor, sensor),
+            )
             if limit is not None:
                 conn.execute("INSERT INTO sensor_speed_limits VALUES (%s, %s)", (sensor, limit))
         for station, zone in STATIONS.items():
-            conn.execute("INSERT INTO sensors (sensor_id, city_id, kind, name, zone_id, latitude,"
-                         " longitude) VALUES (%s, 'beijing', 'air_quality', %s, %s, 39.9, 116.4)",
-                         (f"beijing-aq-{station.lower()}", station, zone))
+            conn.execute(
+                "INSERT INTO sensors (sensor_id, city_id, kind, name, zone_id, latitude,"
+                " longitude) VALUES (%s, 'beijing', 'air_quality', %s, %s, 39.9, 116.4)",
+                (f"beijing-aq-{station.lower()}", station, zone),
+            )
 
 
 def traffic_events() -> list[dict]:
@@ -55,10 +65,17 @@ def traffic_events() -> list[dict]:
         for i in range(20):
             n = (base + 3 * i) % 11 if sensor == "cologne-tr-06" else (0 if i < 5 else i % 4)
             start = T0 + timedelta(minutes=i)
-            out.append(events.traffic_flow(
-                sensor, start, start + timedelta(minutes=1), intensity=n,
-                occupancy=round(0.02 + 0.013 * n, 4),
-                average_speed_kmh=None if n == 0 else 48.0 - 2.5 * n, lane_id=0))
+            out.append(
+                events.traffic_flow(
+                    sensor,
+                    start,
+                    start + timedelta(minutes=1),
+                    intensity=n,
+                    occupancy=round(0.02 + 0.013 * n, 4),
+                    average_speed_kmh=None if n == 0 else 48.0 - 2.5 * n,
+                    lane_id=0,
+                )
+            )
     return out
 
 
@@ -67,26 +84,52 @@ def air_events() -> list[dict]:
     out = []
     for station in STATIONS:
         for _, r in prsa_december(station, 19, 19).iterrows():
-            out.append(events.air_quality(
-                f"beijing-aq-{station.lower()}", r.observed, pm25=val(r["PM2.5"]),
-                pm10=val(r["PM10"]), no2=val(r["NO2"]), o3=val(r["O3"]), so2=val(r["SO2"]),
-                co=val(r["CO"]), temperature=val(r["TEMP"]), wind_speed=val(r["WSPM"])))
+            out.append(
+                events.air_quality(
+                    f"beijing-aq-{station.lower()}",
+                    r.observed,
+                    pm25=val(r["PM2.5"]),
+                    pm10=val(r["PM10"]),
+                    no2=val(r["NO2"]),
+                    o3=val(r["O3"]),
+                    so2=val(r["SO2"]),
+                    co=val(r["CO"]),
+                    temperature=val(r["TEMP"]),
+                    wind_speed=val(r["WSPM"]),
+                )
+            )
     return out
 
 
 MALFORMED = [  # (key, value) of events that must end in the DLQ
     (b"cologne-tr-06", b"\x00\x01 not json"),
     (b"cologne-tr-06", b'{"type": "TrafficFlowObserved", "schemaVersion": 1}'),
-    (b"cologne-tr-99", events.encode(events.traffic_flow(
-        "cologne-tr-99", T0, T0 + timedelta(minutes=1), intensity=1, occupancy=0.1,
-        average_speed_kmh=30.0))),
-    (b"cologne-tr-07", b'{"id":"x","type":"TrafficFlowObserved","schemaVersion":1,'
-     b'"refDevice":"cologne-tr-07","dateObservedFrom":"2016-12-19T07:00:00Z",'
-     b'"dateObservedTo":"2016-12-19T07:01:00Z","intensity":-3,"occupancy":0.1}'),
+    (
+        b"cologne-tr-99",
+        events.encode(
+            events.traffic_flow(
+                "cologne-tr-99",
+                T0,
+                T0 + timedelta(minutes=1),
+                intensity=1,
+                occupancy=0.1,
+                average_speed_kmh=30.0,
+            )
+        ),
+    ),
+    (
+        b"cologne-tr-07",
+        b'{"id":"x","type":"TrafficFlowObserved","schemaVersion":1,'
+        b'"refDevice":"cologne-tr-07","dateObservedFrom":"2016-12-19T07:00:00Z",'
+        b'"dateObservedTo":"2016-12-19T07:01:00Z","intensity":-3,"occupancy":0.1}',
+    ),
 ]
 AIR_MALFORMED = [
-    (b"beijing-aq-dongsi", b'{"id":"y","type":"AirQualityObserved","schemaVersion":1,'
-     b'"refDevice":"beijing-aq-dongsi","dateObserved":"2016-12-19T03:00:00Z","pm25":NaN}'),
+    (
+        b"beijing-aq-dongsi",
+        b'{"id":"y","type":"AirQualityObserved","schemaVersion":1,'
+        b'"refDevice":"beijing-aq-dongsi","dateObserved":"2016-12-19T03:00:00Z","pm25":NaN}',
+    ),
 ]
 
 
@@ -102,8 +145,9 @@ def consume_all(bootstrap: str, topic: str, expect: int, settle_s: float = 3.0) 
     """Every record of ``topic``: polls until ``expect`` arrived (or 60 s passed), then for
     ``settle_s`` more, so a duplicate would still show; slow metadata on a busy machine is waited
     out rather than read as an empty topic."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     messages: list = []
     deadline = time.monotonic() + 60
     try:
@@ -122,9 +166,16 @@ def expected_traffic(evts: list[dict]) -> pd.DataFrame:
     df["window_start"] = pd.to_datetime(df.dateObservedFrom, utc=True).dt.floor("5min")
     df["sv"] = df.averageVehicleSpeed.fillna(0) * df.intensity
     df["vw"] = df.intensity.where(df.averageVehicleSpeed.notna(), 0)
-    g = df.groupby(["refDevice", "window_start"]).agg(
-        vehicle_count=("intensity", "sum"), sv=("sv", "sum"), vw=("vw", "sum"),
-        occupancy=("occupancy", "mean")).reset_index()
+    g = (
+        df.groupby(["refDevice", "window_start"])
+        .agg(
+            vehicle_count=("intensity", "sum"),
+            sv=("sv", "sum"),
+            vw=("vw", "sum"),
+            occupancy=("occupancy", "mean"),
+        )
+        .reset_index()
+    )
     g["avg_speed_kmh"] = (g.sv / g.vw).where(g.vw > 0)
     limit = g.refDevice.map(lambda s: SPEED_LIMITS[s] or 50.0)
     ci = (1 - g.avg_speed_kmh / limit).clip(0, 1)
@@ -143,21 +194,39 @@ def serving(database_url: str, schema: str, table: str) -> pd.DataFrame:
 
 @pytest.fixture
 def job_settings(settings, pg_schema, tmp_path):
-    return settings.model_copy(update={
-        "state_dir": tmp_path, "lake_dir": tmp_path / "lake", "database_schema": pg_schema,
-        "traffic_watermark": "30 minutes", "air_watermark": "3 days",
-        "max_offsets_per_trigger": 40,  # several batches, so windows span batches
-    })
+    return settings.model_copy(
+        update={
+            "state_dir": tmp_path,
+            "lake_dir": tmp_path / "lake",
+            "database_schema": pg_schema,
+            "traffic_watermark": "30 minutes",
+            "air_watermark": "3 days",
+            "max_offsets_per_trigger": 40,  # several batches, so windows span batches
+        }
+    )
 
 
-def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url, pg_schema,
-                             nlq_fixture, spark):  # noqa: F811 - fixtures
+def test_pipeline_end_to_end(
+    job_settings,
+    topics,
+    kafka_bootstrap,
+    database_url,
+    pg_schema,
+    nlq_fixture,  # noqa: F811
+    spark,  # noqa: F811
+):
     register(database_url, pg_schema)
     traffic, air = traffic_events(), air_events()
-    produce(kafka_bootstrap, topics.traffic,
-            [(events.key_of(e), events.encode(e)) for e in traffic] + MALFORMED)
-    produce(kafka_bootstrap, topics.environment,
-            [(events.key_of(e), events.encode(e)) for e in air] + AIR_MALFORMED)
+    produce(
+        kafka_bootstrap,
+        topics.traffic,
+        [(events.key_of(e), events.encode(e)) for e in traffic] + MALFORMED,
+    )
+    produce(
+        kafka_bootstrap,
+        topics.environment,
+        [(events.key_of(e), events.encode(e)) for e in air] + AIR_MALFORMED,
+    )
 
     jobs = run_pipeline(job_settings, until="available", spark=spark)
     assert all(len(job.batches) > 1 for job in jobs)
@@ -183,8 +252,9 @@ def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url
     assert (got.vehicle_count == want.vehicle_count).all()
     assert (got.zone_id == "cologne-stb-5").all()
     for col in ("avg_speed_kmh", "occupancy", "congestion_index"):
-        pd.testing.assert_series_equal(got[col].astype(float), want[col].astype(float),
-                                       check_names=False, rtol=1e-9)
+        pd.testing.assert_series_equal(
+            got[col].astype(float), want[col].astype(float), check_names=False, rtol=1e-9
+        )
     assert got.avg_speed_kmh.isna().any()  # a window where no vehicle passed
 
     # air_quality_1h: one reading per hour, so the means are the readings; AQI as the fixture
@@ -193,8 +263,9 @@ def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url
     for e in air:
         row = aq.loc[(e["refDevice"], pd.Timestamp(e["dateObserved"]))]
         pol = {p: e[p] for p in ("pm25", "pm10", "no2", "o3", "so2", "co")}
-        assert (row.aqi if not pd.isna(row.aqi) else None,
-                row.aqi_category) == nlq_fixture.aqi_of(pol)
+        assert (row.aqi if not pd.isna(row.aqi) else None, row.aqi_category) == nlq_fixture.aqi_of(
+            pol
+        )
         for p, v in pol.items():
             assert (v is None and pd.isna(row[p])) or math.isclose(row[p], v)
     assert set(aq.zone_id) == set(STATIONS.values())
@@ -219,9 +290,14 @@ def test_pipeline_end_to_end(job_settings, topics, kafka_bootstrap, database_url
     assert len(dlq_again) == len(MALFORMED)
 
     # late data: two hours behind the watermark goes to the DLQ with reason 'late'
-    old = events.traffic_flow("cologne-tr-06", T0 - timedelta(hours=2),
-                              T0 - timedelta(hours=2) + timedelta(minutes=1), intensity=5,
-                              occupancy=0.1, average_speed_kmh=30.0)
+    old = events.traffic_flow(
+        "cologne-tr-06",
+        T0 - timedelta(hours=2),
+        T0 - timedelta(hours=2) + timedelta(minutes=1),
+        intensity=5,
+        occupancy=0.1,
+        average_speed_kmh=30.0,
+    )
     produce(kafka_bootstrap, topics.traffic, [(events.key_of(old), events.encode(old))])
     run_pipeline(job_settings, until="available", spark=spark)
     dlq = consume_all(kafka_bootstrap, topics.dlq(topics.traffic), len(MALFORMED) + 1)

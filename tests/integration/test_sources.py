@@ -24,9 +24,14 @@ DATA = SHARED_DIR / "data"
 def consume(bootstrap: str, topic: str | list[str], expected: int, timeout_s: float = 60) -> list:
     """Records of the topic(s) from the start, until ``expected`` arrived or time is up."""
     names = [topic] if isinstance(topic, str) else topic
-    consumer = KafkaConsumer(*names, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             group_id=f"test-{uuid.uuid4().hex[:8]}", consumer_timeout_ms=5000,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        *names,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        consumer_timeout_ms=5000,
+        enable_auto_commit=False,
+    )
     records = []
     deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
     try:
@@ -48,15 +53,20 @@ def test_twin_ten_minutes_round_trip(prepared, kafka_bootstrap, topics, database
     with connect(database_url, schema=pg_schema, autocommit=True) as conn:
         register_twin(conn, prepared.city, prepared.layout, prepared.stations)
         register_twin(conn, prepared.city, prepared.layout, prepared.stations)  # idempotent
-        counts = dict(conn.execute(
-            "SELECT kind, count(*) FROM sensors WHERE city_id = 'cologne' GROUP BY kind"))
+        counts = dict(
+            conn.execute(
+                "SELECT kind, count(*) FROM sensors WHERE city_id = 'cologne' GROUP BY kind"
+            )
+        )
         assert counts == {"traffic": 27, "air_quality": 8}
         assert conn.execute("SELECT count(*) FROM intersections").fetchone()[0] == 8
         assert conn.execute("SELECT count(*) FROM signal_phases").fetchone()[0] == sum(
-            len(s.phases) for s in prepared.layout.signals)
+            len(s.phases) for s in prepared.layout.signals
+        )
         assert conn.execute("SELECT count(*) FROM sensor_speed_limits").fetchone()[0] == 27
-        zoned = conn.execute("SELECT count(*) FROM sensors WHERE zone_id LIKE 'cologne-stt-%'"
-                             ).fetchone()[0]
+        zoned = conn.execute(
+            "SELECT count(*) FROM sensors WHERE zone_id LIKE 'cologne-stt-%'"
+        ).fetchone()[0]
         assert zoned == 35
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
@@ -129,15 +139,17 @@ def test_load_generator_with_malformed_share(kafka_bootstrap, topics):
 def test_load_generator_in_a_process_of_its_own(kafka_bootstrap, topics):
     """The latency benchmark's generator runs beside the Spark driver, not in its interpreter."""
     targets = loadgen.synthetic_targets(20, air_share=0.0)
-    stats = loadgen.run_in_process(kafka_bootstrap, "confluent", targets, topics, rate=300,
-                                   duration_s=1.5, seed=3)
+    stats = loadgen.run_in_process(
+        kafka_bootstrap, "confluent", targets, topics, rate=300, duration_s=1.5, seed=3
+    )
     assert stats.failed == 0 and stats.delivered == stats.sent >= 300
     records = consume(kafka_bootstrap, topics.traffic, stats.sent)
     assert len(records) == stats.sent
     assert {r.key.decode() for r in records} <= {t.sensor_id for t in targets}
     with pytest.raises(ProducerError, match="the load generator failed: .*no-such-client"):
-        loadgen.run_in_process(kafka_bootstrap, "no-such-client", targets, topics, rate=10,
-                               duration_s=0.1)
+        loadgen.run_in_process(
+            kafka_bootstrap, "no-such-client", targets, topics, rate=10, duration_s=0.1
+        )
 
 
 def test_delivery_failures_are_counted_not_silent(kafka_bootstrap, topics):
@@ -164,12 +176,26 @@ def test_cli_twin_and_load(settings, topics, kafka_bootstrap, monkeypatch):
     get_settings.cache_clear()
     try:
         runner = CliRunner()
-        result = runner.invoke(app, ["stream", "twin", "--no-register", "--duration", "120",
-                                     "--speedup", "inf"])
+        result = runner.invoke(
+            app, ["stream", "twin", "--no-register", "--duration", "120", "--speedup", "inf"]
+        )
         assert result.exit_code == 0, result.output
         assert "54 traffic and 32 environment events" in result.output
-        result = runner.invoke(app, ["stream", "load", "--synthetic", "20", "--rate", "200",
-                                     "--duration", "1", "--client", "kafka-python"])
+        result = runner.invoke(
+            app,
+            [
+                "stream",
+                "load",
+                "--synthetic",
+                "20",
+                "--rate",
+                "200",
+                "--duration",
+                "1",
+                "--client",
+                "kafka-python",
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert "failed 0" in result.output
     finally:

@@ -49,8 +49,9 @@ def prsa_december(station: str, first_day: int = 14, last_day: int = 22) -> pd.D
     df = pd.read_csv(PRSA_DIR / f"PRSA_Data_{station}_20130301-20170228.csv")
     df = df[(df.year == 2016) & (df.month == 12) & df.day.between(first_day, last_day)].copy()
     df["observed"] = [
-        datetime(int(r.year), int(r.month), int(r.day), int(r.hour), tzinfo=SHANGHAI)
-        .astimezone(UTC)
+        datetime(int(r.year), int(r.month), int(r.day), int(r.hour), tzinfo=SHANGHAI).astimezone(
+            UTC
+        )
         for r in df.itertuples()
     ]
     return df

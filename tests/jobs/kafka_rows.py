@@ -26,8 +26,11 @@ def record(value: Any, key: str | bytes | None = None) -> tuple[bytes | None, by
 
 
 def _finite(event: dict) -> bool:
-    return all(not (isinstance(v, float) and v != v or v in (float("inf"), float("-inf")))
-               for v in event.values() if isinstance(v, float))
+    return all(
+        not (isinstance(v, float) and v != v or v in (float("inf"), float("-inf")))
+        for v in event.values()
+        if isinstance(v, float)
+    )
 
 
 def _json_with_nan(event: dict) -> bytes:

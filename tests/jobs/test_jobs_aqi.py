@@ -7,8 +7,20 @@ import pytest
 from cityos.streaming.jobs.aqi import aqi, categories, sub_index
 from tests.jobs.conftest import prsa_december, val
 
-STATIONS = ["Aotizhongxin", "Changping", "Dingling", "Dongsi", "Guanyuan", "Gucheng", "Huairou",
-            "Nongzhanguan", "Shunyi", "Tiantan", "Wanliu", "Wanshouxigong"]
+STATIONS = [
+    "Aotizhongxin",
+    "Changping",
+    "Dingling",
+    "Dongsi",
+    "Guanyuan",
+    "Gucheng",
+    "Huairou",
+    "Nongzhanguan",
+    "Shunyi",
+    "Tiantan",
+    "Wanliu",
+    "Wanshouxigong",
+]
 
 
 @pytest.mark.parametrize("station", STATIONS)
@@ -17,8 +29,14 @@ def test_china_aqi_matches_the_fixture_on_december_2016(station, nlq_fixture):
     assert len(rows) == 9 * 24
     compared = 0
     for r in rows.itertuples():
-        pol = {"pm25": val(r[6]), "pm10": val(r[7]), "so2": val(r[8]), "no2": val(r[9]),
-               "co": val(r[10]), "o3": val(r[11])}
+        pol = {
+            "pm25": val(r[6]),
+            "pm10": val(r[7]),
+            "so2": val(r[8]),
+            "no2": val(r[9]),
+            "co": val(r[10]),
+            "o3": val(r[11]),
+        }
         assert aqi("china_hj633", pol) == nlq_fixture.aqi_of(pol), (station, r.observed, pol)
         compared += 1
     assert compared == 216
@@ -66,8 +84,14 @@ def test_unknown_standard_gives_no_index():
 
 def test_categories_are_ordered_per_standard():
     names = [name for _, name in categories("us_epa")]
-    assert names == ["Good", "Moderate", "Unhealthy for Sensitive Groups", "Unhealthy",
-                     "Very Unhealthy", "Hazardous"]
+    assert names == [
+        "Good",
+        "Moderate",
+        "Unhealthy for Sensitive Groups",
+        "Unhealthy",
+        "Very Unhealthy",
+        "Hazardous",
+    ]
 
 
 @pytest.mark.parametrize(

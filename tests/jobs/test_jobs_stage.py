@@ -19,15 +19,33 @@ SENSORS = ["cologne-tr-06", "cologne-tr-07"]
 def batch_events() -> tuple[list, list[bytes]]:
     minute = timedelta(minutes=1)
     readings = [  # across a UTC midnight: two lake dates
-        events.traffic_flow(sensor, MIDNIGHT + i * minute, MIDNIGHT + (i + 1) * minute,
-                            intensity=n, occupancy=0.1, average_speed_kmh=30.0)
-        for sensor, i, n in [("cologne-tr-06", -2, 4), ("cologne-tr-06", 0, 6),
-                             ("cologne-tr-07", 3, 9)]
+        events.traffic_flow(
+            sensor,
+            MIDNIGHT + i * minute,
+            MIDNIGHT + (i + 1) * minute,
+            intensity=n,
+            occupancy=0.1,
+            average_speed_kmh=30.0,
+        )
+        for sensor, i, n in [
+            ("cologne-tr-06", -2, 4),
+            ("cologne-tr-06", 0, 6),
+            ("cologne-tr-07", 3, 9),
+        ]
     ]
-    stranger = events.traffic_flow("cologne-tr-99", MIDNIGHT, MIDNIGHT + minute, intensity=1,
-                                   occupancy=0.1, average_speed_kmh=30.0)
-    return [*readings, stranger, b"\x00garbage", b"{}"], [record(stranger)[1], b"\x00garbage",
-                                                         b"{}"]
+    stranger = events.traffic_flow(
+        "cologne-tr-99",
+        MIDNIGHT,
+        MIDNIGHT + minute,
+        intensity=1,
+        occupancy=0.1,
+        average_speed_kmh=30.0,
+    )
+    return [*readings, stranger, b"\x00garbage", b"{}"], [
+        record(stranger)[1],
+        b"\x00garbage",
+        b"{}",
+    ]
 
 
 def fields(summary):  # noqa: ANN001, ANN201
@@ -48,7 +66,9 @@ def test_a_staged_batch_becomes_lake_and_dead_letters(spark, tmp_path):
 
     write_lake(folder, lake, 3, summary.dates)
     assert sorted(p.relative_to(lake).as_posix() for p in lake.glob("date=*/batch=*")) == [
-        "date=2016-12-18/batch=3", "date=2016-12-19/batch=3"]
+        "date=2016-12-18/batch=3",
+        "date=2016-12-19/batch=3",
+    ]
     rows = spark.read.parquet(str(lake)).collect()
     assert sorted(r.offset for r in rows) == [0, 1, 2]  # the valid events, once each
     assert {(r.key, r.value) for r in rows} == {(None, None)}  # bytes are kept for DLQ only
@@ -58,8 +78,10 @@ def test_a_staged_batch_becomes_lake_and_dead_letters(spark, tmp_path):
     # the DLQ reads the same staged frame after the valid folders moved into the lake
     dead = staged.where(F.col("reason").isNotNull()).select("offset", "reason", "value").collect()
     assert sorted((r.offset, r.reason, bytes(r.value)) for r in dead) == [
-        (3, "unknown_sensor", dead_bytes[0]), (4, "not_json", dead_bytes[1]),
-        (5, "unknown_type", dead_bytes[2])]
+        (3, "unknown_sensor", dead_bytes[0]),
+        (4, "not_json", dead_bytes[1]),
+        (5, "unknown_type", dead_bytes[2]),
+    ]
 
 
 def test_a_replayed_batch_replaces_its_lake_folders(spark, tmp_path):

@@ -25,8 +25,14 @@ SENSORS = ["cologne-tr-06", "cologne-tr-07", "beijing-aq-dongsi"]
 
 def traffic() -> dict:
     """A cologne8-like 5-minute loop reading (values of the NLQ fixture's Monday peak)."""
-    return events.traffic_flow("cologne-tr-06", T0, T0 + timedelta(minutes=5), intensity=31,
-                               occupancy=0.1142, average_speed_kmh=27.4)
+    return events.traffic_flow(
+        "cologne-tr-06",
+        T0,
+        T0 + timedelta(minutes=5),
+        intensity=31,
+        occupancy=0.1142,
+        average_speed_kmh=27.4,
+    )
 
 
 def air() -> dict:
@@ -34,9 +40,16 @@ def air() -> dict:
     rows = prsa_december("Dongsi", 19, 19)
     r = rows[rows.hour == 8].iloc[0]
     return events.air_quality(
-        "beijing-aq-dongsi", r.observed, pm25=val(r["PM2.5"]), pm10=val(r["PM10"]),
-        no2=val(r["NO2"]), o3=val(r["O3"]), so2=val(r["SO2"]), co=val(r["CO"]),
-        temperature=val(r["TEMP"]), wind_speed=val(r["WSPM"]),
+        "beijing-aq-dongsi",
+        r.observed,
+        pm25=val(r["PM2.5"]),
+        pm10=val(r["PM10"]),
+        no2=val(r["NO2"]),
+        o3=val(r["O3"]),
+        so2=val(r["SO2"]),
+        co=val(r["CO"]),
+        temperature=val(r["TEMP"]),
+        wind_speed=val(r["WSPM"]),
     )
 
 
@@ -50,8 +63,13 @@ def without(event: dict, name: str) -> dict:
 
 TRAFFIC_CASES = [
     ("valid", record(traffic()), None),
-    ("oversize", record(events.encode(traffic())[:-1] + b', "pad": "' + b"x" * 2000 + b'"}',
-                        "cologne-tr-06"), "oversize"),
+    (
+        "oversize",
+        record(
+            events.encode(traffic())[:-1] + b', "pad": "' + b"x" * 2000 + b'"}', "cologne-tr-06"
+        ),
+        "oversize",
+    ),
     ("garbage bytes", record(b"\xff\xfe\x00garbage", "cologne-tr-06"), "not_json"),
     ("truncated json", record(events.encode(traffic())[:40], "cologne-tr-06"), "not_json"),
     ("json array", record(b"[1, 2, 3]", "cologne-tr-06"), "not_json"),
@@ -63,37 +81,79 @@ TRAFFIC_CASES = [
     ("no refDevice", record(without(traffic(), "refDevice"), "cologne-tr-06"), "missing_field"),
     ("intensity as text", record(with_(traffic(), intensity="many")), "wrong_type"),
     ("fractional intensity", record(with_(traffic(), intensity=3.5)), "wrong_type"),
-    ("time without offset", record(with_(traffic(), dateObservedFrom="2016-12-19T07:00:00")),
-     "wrong_type"),
+    (
+        "time without offset",
+        record(with_(traffic(), dateObservedFrom="2016-12-19T07:00:00")),
+        "wrong_type",
+    ),
     ("NaN speed", record(with_(traffic(), averageVehicleSpeed=float("nan"))), "non_finite"),
     ("infinite occupancy", record(with_(traffic(), occupancy=float("inf"))), "non_finite"),
     ("negative count", record(with_(traffic(), intensity=-4)), "negative"),
     ("occupancy above 1", record(with_(traffic(), occupancy=1.7)), "out_of_range"),
     ("speed 400", record(with_(traffic(), averageVehicleSpeed=400.0)), "out_of_range"),
-    ("end before start", record(with_(traffic(), dateObservedTo="2016-12-19T06:59:00Z")),
-     "bad_period"),
-    ("two-hour period", record(with_(traffic(), dateObservedTo="2016-12-19T09:00:00Z")),
-     "bad_period"),
-    ("1999", record(events.traffic_flow(
-        "cologne-tr-06", datetime(1999, 12, 31, 23, 0, tzinfo=UTC),
-        datetime(1999, 12, 31, 23, 5, tzinfo=UTC), intensity=3, occupancy=0.01,
-        average_speed_kmh=40.0)), "too_old"),
-    ("two hours ahead", record(events.traffic_flow(
-        "cologne-tr-06", NOW + timedelta(hours=2), NOW + timedelta(hours=2, minutes=5),
-        intensity=3, occupancy=0.01, average_speed_kmh=40.0)), "future"),
+    (
+        "end before start",
+        record(with_(traffic(), dateObservedTo="2016-12-19T06:59:00Z")),
+        "bad_period",
+    ),
+    (
+        "two-hour period",
+        record(with_(traffic(), dateObservedTo="2016-12-19T09:00:00Z")),
+        "bad_period",
+    ),
+    (
+        "1999",
+        record(
+            events.traffic_flow(
+                "cologne-tr-06",
+                datetime(1999, 12, 31, 23, 0, tzinfo=UTC),
+                datetime(1999, 12, 31, 23, 5, tzinfo=UTC),
+                intensity=3,
+                occupancy=0.01,
+                average_speed_kmh=40.0,
+            )
+        ),
+        "too_old",
+    ),
+    (
+        "two hours ahead",
+        record(
+            events.traffic_flow(
+                "cologne-tr-06",
+                NOW + timedelta(hours=2),
+                NOW + timedelta(hours=2, minutes=5),
+                intensity=3,
+                occupancy=0.01,
+                average_speed_kmh=40.0,
+            )
+        ),
+        "future",
+    ),
     ("unknown sensor", record(with_(traffic(), refDevice="cologne-tr-99")), "unknown_sensor"),
     ("key differs", record(traffic(), "cologne-tr-07"), "key_mismatch"),
     ("no key", (None, events.encode(traffic())), "key_mismatch"),
-    ("before watermark", record(events.traffic_flow(
-        "cologne-tr-06", T0 - timedelta(hours=2), T0 - timedelta(hours=2) + timedelta(minutes=5),
-        intensity=3, occupancy=0.01, average_speed_kmh=40.0)), "late"),
+    (
+        "before watermark",
+        record(
+            events.traffic_flow(
+                "cologne-tr-06",
+                T0 - timedelta(hours=2),
+                T0 - timedelta(hours=2) + timedelta(minutes=5),
+                intensity=3,
+                occupancy=0.01,
+                average_speed_kmh=40.0,
+            )
+        ),
+        "late",
+    ),
 ]
 
 
 def judge(spark, records, topic="traffic", limits=LIMITS, watermarks=WATERMARKS):
     spec = TOPIC_SPECS[topic]
-    sensors = spark.createDataFrame([(s, watermarks.get(s)) for s in SENSORS],
-                                    "sensor_id string, watermark timestamp")
+    sensors = spark.createDataFrame(
+        [(s, watermarks.get(s)) for s in SENSORS], "sensor_id string, watermark timestamp"
+    )
     frame = kafka_frame(spark, records, topic)
     return classify(parse(frame, spec, limits.max_event_bytes), spec, sensors, limits)
 
@@ -102,8 +162,11 @@ def test_every_bad_traffic_event_gets_its_reason(spark):
     judged = judge(spark, [case[1] for case in TRAFFIC_CASES])
     got = {r.offset: r.reason for r in judged.select("offset", "reason").collect()}
     expected = {i: case[2] for i, case in enumerate(TRAFFIC_CASES)}
-    wrong = {TRAFFIC_CASES[i][0]: (got.get(i), want) for i, want in expected.items()
-             if got.get(i) != want}
+    wrong = {
+        TRAFFIC_CASES[i][0]: (got.get(i), want)
+        for i, want in expected.items()
+        if got.get(i) != want
+    }
     assert not wrong, f"(got, expected) per case: {wrong}"
 
 
@@ -120,9 +183,19 @@ def test_environment_topic_takes_air_and_noise(spark):
     bad_noise = with_(noise, LAeq=250.0)
     bad_air = with_(air(), relativeHumidity=45.0)  # percent instead of a 0..1 fraction
     no_time = without(air(), "dateObserved")
-    judged = judge(spark, [record(air()), record(noise), record(bad_noise), record(bad_air),
-                           record(no_time), record(traffic())], topic="environment",
-                   watermarks={})
+    judged = judge(
+        spark,
+        [
+            record(air()),
+            record(noise),
+            record(bad_noise),
+            record(bad_air),
+            record(no_time),
+            record(traffic()),
+        ],
+        topic="environment",
+        watermarks={},
+    )
     got = [r.reason for r in judged.orderBy("offset").collect()]
     assert got == [None, None, "out_of_range", "out_of_range", "missing_field", "unknown_type"]
 
@@ -131,8 +204,14 @@ def test_lateness_is_judged_per_sensor(spark):
     """A sensor far ahead (tr-06's watermark) never makes another sensor's older reading late."""
     two_hours_back = T0 - timedelta(hours=2)
     readings = [
-        events.traffic_flow(sensor, two_hours_back, two_hours_back + timedelta(minutes=5),
-                            intensity=3, occupancy=0.01, average_speed_kmh=40.0)
+        events.traffic_flow(
+            sensor,
+            two_hours_back,
+            two_hours_back + timedelta(minutes=5),
+            intensity=3,
+            occupancy=0.01,
+            average_speed_kmh=40.0,
+        )
         for sensor in ("cologne-tr-06", "cologne-tr-07")
     ]
     judged = judge(spark, [record(r) for r in readings])

@@ -16,8 +16,9 @@ def test_no_traffic_means_background():
 
 def test_box_model_increment():
     # 40 mg/s into a 2 m/s wind through a 10 m x 200 m box = 10 µg/m³
-    assert env.increment(40.0) == pytest.approx(40_000 / (env.WIND_MS * env.MIXING_HEIGHT_M
-                                                          * 2 * env.RADIUS_M))
+    assert env.increment(40.0) == pytest.approx(
+        40_000 / (env.WIND_MS * env.MIXING_HEIGHT_M * 2 * env.RADIUS_M)
+    )
     more = env.concentrations({"nox": 80.0, "pmx": 1.0, "co": 100.0})
     assert more["no2"] > env.BACKGROUND_UG_M3["no2"] and more["pm10"] > more["pm25"]
 

@@ -27,10 +27,22 @@ def test_iso_is_utc_with_z_and_refuses_naive_times():
 
 def test_builders_give_schema_valid_events_keyed_by_sensor():
     built = [
-        events.traffic_flow("cologne-tr-01", T0, T0 + timedelta(minutes=1), intensity=12,
-                            occupancy=0.1, average_speed_kmh=41.3),
-        events.traffic_flow("la-773869", T0, T0 + timedelta(minutes=5), intensity=None,
-                            occupancy=None, average_speed_kmh=103.6),
+        events.traffic_flow(
+            "cologne-tr-01",
+            T0,
+            T0 + timedelta(minutes=1),
+            intensity=12,
+            occupancy=0.1,
+            average_speed_kmh=41.3,
+        ),
+        events.traffic_flow(
+            "la-773869",
+            T0,
+            T0 + timedelta(minutes=5),
+            intensity=None,
+            occupancy=None,
+            average_speed_kmh=103.6,
+        ),
         events.air_quality("beijing-aq-dongsi", T0, pm25=246.0, co=6500.0, relative_humidity=0.8),
         events.noise_level("cologne-aq-01", T0, T0 + timedelta(minutes=1), laeq=70.2, lamax=75.0),
     ]
@@ -44,25 +56,46 @@ def test_builders_give_schema_valid_events_keyed_by_sensor():
 def test_real_beijing_row_is_accepted():
     path = DATA / "beijing-air-quality-prsa" / "PRSA_Data_Dongsi_20130301-20170228.csv"
     with path.open(newline="") as handle:
-        row = next(r for r in csv.DictReader(handle)
-                   if (r["year"], r["month"], r["day"], r["hour"]) == ("2016", "12", "19", "8"))
-    event = events.air_quality("beijing-aq-dongsi", T0, pm25=float(row["PM2.5"]),
-                               pm10=float(row["PM10"]), co=float(row["CO"]),
-                               wind_speed=float(row["WSPM"]), temperature=float(row["TEMP"]))
+        row = next(
+            r
+            for r in csv.DictReader(handle)
+            if (r["year"], r["month"], r["day"], r["hour"]) == ("2016", "12", "19", "8")
+        )
+    event = events.air_quality(
+        "beijing-aq-dongsi",
+        T0,
+        pm25=float(row["PM2.5"]),
+        pm10=float(row["PM10"]),
+        co=float(row["CO"]),
+        wind_speed=float(row["WSPM"]),
+        temperature=float(row["TEMP"]),
+    )
     assert events.validate(event) == []
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"dateObservedTo": "2016-12-19T07:00:00Z"}, "not after"),
-    ({"dateObservedTo": "2016-12-19T08:00:01Z"}, "longer than"),
-    ({"occupancy": float("nan")}, "not a finite number"),
-    ({"intensity": 1.5}, "intensity"),
-    ({"refDevice": ""}, "refDevice"),
-    ({"schemaVersion": 2}, "schemaVersion"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"dateObservedTo": "2016-12-19T07:00:00Z"}, "not after"),
+        ({"dateObservedTo": "2016-12-19T08:00:01Z"}, "longer than"),
+        ({"occupancy": float("nan")}, "not a finite number"),
+        ({"intensity": 1.5}, "intensity"),
+        ({"refDevice": ""}, "refDevice"),
+        ({"schemaVersion": 2}, "schemaVersion"),
+    ],
+)
 def test_semantic_and_schema_faults_are_named(change, reason):
-    event = {**events.traffic_flow("cologne-tr-01", T0, T0 + timedelta(minutes=1), intensity=3,
-                                   occupancy=0.1, average_speed_kmh=30.0), **change}
+    event = {
+        **events.traffic_flow(
+            "cologne-tr-01",
+            T0,
+            T0 + timedelta(minutes=1),
+            intensity=3,
+            occupancy=0.1,
+            average_speed_kmh=30.0,
+        ),
+        **change,
+    }
     reasons = events.validate(event)
     assert reasons and reason in " ".join(reasons)
 

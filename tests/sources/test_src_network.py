@@ -50,20 +50,44 @@ def test_eight_intersections_and_27_approach_sensors(prepared):
 def test_intersections_and_sensors_match_the_fixture(prepared, fixture_signals):
     intersections, _phases, sensors, _loops = fixture_signals
     mine = {s.tls_id: (s.name, round(s.lat, 7), round(s.lon, 7)) for s in prepared.layout.signals}
-    assert mine == {i["intersection_id"]: (i["name"], i["latitude"], i["longitude"])
-                    for i in intersections}
-    assert [(a.sensor_id, a.name, a.tls_id, a.street, round(a.lat, 7), round(a.lon, 7))
-            for a in prepared.layout.approaches] == [
-        (s["sensor_id"], s["name"], s["intersection_id"], s["road_name"], s["latitude"],
-         s["longitude"]) for s in sensors]
+    assert mine == {
+        i["intersection_id"]: (i["name"], i["latitude"], i["longitude"]) for i in intersections
+    }
+    assert [
+        (a.sensor_id, a.name, a.tls_id, a.street, round(a.lat, 7), round(a.lon, 7))
+        for a in prepared.layout.approaches
+    ] == [
+        (
+            s["sensor_id"],
+            s["name"],
+            s["intersection_id"],
+            s["road_name"],
+            s["latitude"],
+            s["longitude"],
+        )
+        for s in sensors
+    ]
 
 
 def test_phases_match_the_fixture(prepared, fixture_signals):
     _intersections, phases, _sensors, _loops = fixture_signals
-    mine = sorted((s.tls_id, p.index, p.description, p.green_s, p.intergreen_s, p.min_green_s,
-                   p.max_green_s) for s in prepared.layout.signals for p in s.phases)
-    assert mine == sorted((p["intersection_id"], p["phase_index"], p["description"], p["green_s"],
-                           p["intergreen_s"], p["min_green_s"], p["max_green_s"]) for p in phases)
+    mine = sorted(
+        (s.tls_id, p.index, p.description, p.green_s, p.intergreen_s, p.min_green_s, p.max_green_s)
+        for s in prepared.layout.signals
+        for p in s.phases
+    )
+    assert mine == sorted(
+        (
+            p["intersection_id"],
+            p["phase_index"],
+            p["description"],
+            p["green_s"],
+            p["intergreen_s"],
+            p["min_green_s"],
+            p["max_green_s"],
+        )
+        for p in phases
+    )
     assert {p.max_green_s for s in prepared.layout.signals for p in s.phases} == {20.0, 90.0}
 
 

@@ -31,12 +31,18 @@ def test_beijing_slice_has_every_station_hour_and_is_valid(beijing_slice):
 
 def test_beijing_values_are_the_files_values(beijing_slice):
     built, _ = beijing_slice
-    dongsi = next(e for e in built if e["refDevice"] == "beijing-aq-dongsi"
-                  and e["dateObserved"] == "2016-12-19T00:00:00Z")
+    dongsi = next(
+        e
+        for e in built
+        if e["refDevice"] == "beijing-aq-dongsi" and e["dateObserved"] == "2016-12-19T00:00:00Z"
+    )
     path = DATA / "beijing-air-quality-prsa" / "PRSA_Data_Dongsi_20130301-20170228.csv"
     with path.open(newline="") as handle:
-        row = next(r for r in csv.DictReader(handle)
-                   if (r["year"], r["month"], r["day"], r["hour"]) == ("2016", "12", "19", "8"))
+        row = next(
+            r
+            for r in csv.DictReader(handle)
+            if (r["year"], r["month"], r["day"], r["hour"]) == ("2016", "12", "19", "8")
+        )
     assert dongsi["pm25"] == float(row["PM2.5"]) and dongsi["co"] == float(row["CO"])
     assert dongsi["windSpeed"] == float(row["WSPM"])
     expected_rh = replay.relative_humidity(float(row["TEMP"]), float(row["DEWP"]))
@@ -47,8 +53,10 @@ def test_beijing_values_are_the_files_values(beijing_slice):
 def test_beijing_sensors_use_the_kdd_coordinates():
     sensors = {s.sensor_id: s for s in replay.beijing_sensors(DATA)}
     assert len(sensors) == 12
-    assert (sensors["beijing-aq-changping"].longitude, sensors["beijing-aq-changping"].latitude) \
-        == (116.23, 40.217)
+    assert (
+        sensors["beijing-aq-changping"].longitude,
+        sensors["beijing-aq-changping"].latitude,
+    ) == (116.23, 40.217)
 
 
 def test_metr_la_speeds_are_km_h_every_5_minutes(tmp_path):
@@ -69,8 +77,10 @@ def test_metr_la_speeds_are_km_h_every_5_minutes(tmp_path):
     assert head["dateObservedFrom"] == "2012-03-01T08:00:00Z"  # midnight PST
     assert head["averageVehicleSpeed"] == pytest.approx(first_mph * 1.609344, abs=0.01)
     assert head["intensity"] is None and head["occupancy"] is None
-    assert {e["dateObservedFrom"] for e in built} == {"2012-03-01T08:00:00Z",
-                                                      "2012-03-01T08:05:00Z"}
+    assert {e["dateObservedFrom"] for e in built} == {
+        "2012-03-01T08:00:00Z",
+        "2012-03-01T08:05:00Z",
+    }
     assert all(events.validate(e) == [] for e in built)
     assert len(replay.metr_la_sensors(DATA)) == 207
 
