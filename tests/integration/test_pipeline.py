@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from cityos import events
 from cityos.db import connect
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
-from tests.jobs.conftest import nlq_fixture, prsa_december, spark, val  # noqa: F401 - shared fixtures
+from tests.jobs.conftest import nlq_fixture, prsa_december, prsa_event, spark  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -81,24 +81,11 @@ def traffic_events() -> list[dict]:
 
 def air_events() -> list[dict]:
     """Real PRSA hours of 2016-12-19 (Beijing time) at two stations."""
-    out = []
-    for station in STATIONS:
-        for _, r in prsa_december(station, 19, 19).iterrows():
-            out.append(
-                events.air_quality(
-                    f"beijing-aq-{station.lower()}",
-                    r.observed,
-                    pm25=val(r["PM2.5"]),
-                    pm10=val(r["PM10"]),
-                    no2=val(r["NO2"]),
-                    o3=val(r["O3"]),
-                    so2=val(r["SO2"]),
-                    co=val(r["CO"]),
-                    temperature=val(r["TEMP"]),
-                    wind_speed=val(r["WSPM"]),
-                )
-            )
-    return out
+    return [
+        prsa_event(f"beijing-aq-{station.lower()}", r)
+        for station in STATIONS
+        for _, r in prsa_december(station, 19, 19).iterrows()
+    ]
 
 
 MALFORMED = [  # (key, value) of events that must end in the DLQ

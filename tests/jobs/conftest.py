@@ -11,7 +11,9 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
+from cityos import events
 from cityos.settings import SHARED_DIR, Settings
+from cityos.streaming.sources.replay import PRSA_FIELDS
 
 PRSA_DIR = SHARED_DIR / "data" / "beijing-air-quality-prsa"
 FIXTURE = SHARED_DIR / "nlq" / "fixture.py"
@@ -59,6 +61,13 @@ def prsa_december(station: str, first_day: int = 14, last_day: int = 22) -> pd.D
 
 def val(value: float) -> float | None:
     return None if pd.isna(value) else float(value)
+
+
+def prsa_event(sensor_id: str, row: pd.Series) -> events.Event:
+    """The AirQualityObserved of one row of :func:`prsa_december` (``iterrows``): the fields the
+    Beijing replay sends, from the same column map, without the humidity it derives."""
+    fields = {arg: val(row[column]) for column, arg in PRSA_FIELDS.items()}
+    return events.air_quality(sensor_id, row.observed.to_pydatetime(), **fields)
 
 
 @pytest.fixture(scope="session")

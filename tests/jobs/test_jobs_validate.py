@@ -9,7 +9,7 @@ import pytest
 from cityos import events
 from cityos.streaming.jobs.spec import TOPIC_SPECS
 from cityos.streaming.jobs.validate import Limits, classify, parse
-from tests.jobs.conftest import prsa_december, val
+from tests.jobs.conftest import prsa_december, prsa_event
 from tests.jobs.kafka_rows import NOW, kafka_frame, record
 
 T0 = datetime(2016, 12, 19, 7, 0, tzinfo=UTC)
@@ -39,18 +39,7 @@ def air() -> dict:
     """The real Dongsi reading of 2016-12-19 08:00 Beijing time."""
     rows = prsa_december("Dongsi", 19, 19)
     r = rows[rows.hour == 8].iloc[0]
-    return events.air_quality(
-        "beijing-aq-dongsi",
-        r.observed,
-        pm25=val(r["PM2.5"]),
-        pm10=val(r["PM10"]),
-        no2=val(r["NO2"]),
-        o3=val(r["O3"]),
-        so2=val(r["SO2"]),
-        co=val(r["CO"]),
-        temperature=val(r["TEMP"]),
-        wind_speed=val(r["WSPM"]),
-    )
+    return prsa_event("beijing-aq-dongsi", r)
 
 
 def with_(event: dict, **changes) -> dict:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cityos import events
 from cityos.settings import Settings
-from tests.jobs.conftest import prsa_december, spark, val  # noqa: F401 - spark: a fixture
+from tests.jobs.conftest import prsa_december, prsa_event, spark  # noqa: F401 - spark: a fixture
 
 STATION = "Guanyuan"
 SENSOR = "beijing-aq-guanyuan"
@@ -34,21 +34,7 @@ def ops_settings(settings: Settings, pg_schema: str, tmp_path: Path) -> Settings
 def air_events(count: int, first: int = 0) -> list[events.Event]:
     """``count`` real hourly readings of the Guanyuan station (December 2016), from ``first``."""
     rows = prsa_december(STATION).iloc[first : first + count]
-    return [
-        events.air_quality(
-            SENSOR,
-            r.observed.to_pydatetime(),
-            pm25=val(r._6),  # PM2.5 (itertuples renames the dotted column)
-            pm10=val(r.PM10),
-            no2=val(r.NO2),
-            so2=val(r.SO2),
-            o3=val(r.O3),
-            co=val(r.CO),
-            temperature=val(r.TEMP),
-            wind_speed=val(r.WSPM),
-        )
-        for r in rows.itertuples()
-    ]
+    return [prsa_event(SENSOR, r) for _, r in rows.iterrows()]
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
