@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from cityos import events
 from cityos.db import connect
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
+from tests.integration.pipeline_tools import expected_traffic
 from tests.jobs.conftest import nlq_fixture, prsa_december, prsa_event, spark  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.integration
@@ -148,28 +149,6 @@ def consume_all(bootstrap: str, topic: str, expect: int, settle_s: float = 3.0) 
     return messages
 
 
-def expected_traffic(evts: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(evts)
-    df["window_start"] = pd.to_datetime(df.dateObservedFrom, utc=True).dt.floor("5min")
-    df["sv"] = df.averageVehicleSpeed.fillna(0) * df.intensity
-    df["vw"] = df.intensity.where(df.averageVehicleSpeed.notna(), 0)
-    g = (
-        df.groupby(["refDevice", "window_start"])
-        .agg(
-            vehicle_count=("intensity", "sum"),
-            sv=("sv", "sum"),
-            vw=("vw", "sum"),
-            occupancy=("occupancy", "mean"),
-        )
-        .reset_index()
-    )
-    g["avg_speed_kmh"] = (g.sv / g.vw).where(g.vw > 0)
-    limit = g.refDevice.map(lambda s: SPEED_LIMITS[s] or 50.0)
-    ci = (1 - g.avg_speed_kmh / limit).clip(0, 1)
-    g["congestion_index"] = ci.where(g.avg_speed_kmh.notna(), g.occupancy)
-    return g.rename(columns={"refDevice": "sensor_id"}).set_index(["sensor_id", "window_start"])
-
-
 def serving(database_url: str, schema: str, table: str) -> pd.DataFrame:
     with connect(database_url, schema) as conn:
         cur = conn.execute(f"SELECT * FROM {table} ORDER BY sensor_id, window_start")  # noqa: S608
@@ -232,7 +211,7 @@ def test_pipeline_end_to_end(
     assert dict(dlq_env[0].headers)["reason"] == b"non_finite"
 
     # traffic_5m against pandas
-    want = expected_traffic(traffic)
+    want = expected_traffic(traffic, {s: v for s, v in SPEED_LIMITS.items() if v is not None})
     got = serving(database_url, pg_schema, "traffic_5m")
     assert sorted(got.index) == sorted(want.index)
     got = got.loc[want.index]
