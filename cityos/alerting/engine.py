@@ -172,8 +172,17 @@ class AlertEngine:
         if current is not None:
             if verdict is Verdict.BREACH:
                 severity = rule.severity_of(value, subject.sensor_kind)
-                if severity != current.severity:
-                    return _update(cur, current, "updated", obs.at, severity=severity)
+                if severity != current.severity:  # the reading that changed it is the news
+                    threshold = rule.levels_for(subject.sensor_kind).threshold
+                    return _update(
+                        cur,
+                        current,
+                        "updated",
+                        obs.at,
+                        severity=severity,
+                        value=value,
+                        message=_message(rule, subject, value, threshold, obs.detail),
+                    )
             elif state.clears >= rule.clear_after:
                 state.alert_id = None
                 return _update(

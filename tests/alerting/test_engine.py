@@ -162,6 +162,14 @@ def test_a_winter_month_of_dongsi_fires_once_per_episode_and_resolves_with_hyste
     for event in resolved:  # each resolution follows clear_after hours at or below 141
         i = ordered.index(event.at)
         assert all(by_hour[at] <= 141 for at in ordered[i - rule.clear_after + 1 : i + 1])
+    # a severity change while open is an update that carries the reading that changed it
+    updated = [e for e in events if e.type == "updated"]
+    assert any(e.alert.severity == "critical" for e in updated), "December 2013 passed AQI 201"
+    for event in updated:
+        value = by_hour[event.at]
+        assert event.alert.value == value
+        assert event.alert.severity == rule.severity_of(value)
+        assert f"is {value}" in event.alert.message
     # alternation: never two open alerts of one subject
     kinds = [e.type for e in events if e.type in ("firing", "resolved")]
     assert all(a != b for a, b in zip(kinds, kinds[1:], strict=False))
@@ -172,6 +180,14 @@ def test_a_winter_month_of_dongsi_fires_once_per_episode_and_resolves_with_hyste
             (DONGSI,),
         ).fetchall()
         outbox = conn.execute("SELECT count(*) FROM alert_outbox").fetchone()[0]
+        latest = {  # each alert's last transition is what its row says
+            alert_id: (severity, value, message)
+            for alert_id, severity, value, message in conn.execute(
+                "SELECT alert_id, severity, value, message FROM alerts"
+            ).fetchall()
+        }
+    last = {e.alert.alert_id: e.alert for e in events}
+    assert latest == {i: (a.severity, a.value, a.message) for i, a in last.items()}
     counts = dict(rows)
     assert counts.get("resolved", 0) == len(resolved)
     assert counts.get("firing", 0) == len(fired) - len(resolved)
