@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import statistics
 import zlib
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -248,6 +249,9 @@ class Detector:
     # retrain when (count + phase) % train_every == 0: the detectors of a city's sensors, started
     # together, then retrain at different points instead of all in the same micro-batch
     phase: int = 0
+    # derived from the state above, not part of it: (count it was computed at, value)
+    _floor_cache: tuple[int, float] | None = field(default=None, repr=False, compare=False)
+    _step_cache: float | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -280,7 +284,17 @@ class Detector:
         return None
 
     def _scale_floor(self) -> float:
-        """The smallest sigma a bin may claim: a share of the series' residual spread."""
+        """The smallest sigma a bin may claim: a share of the series' residual spread.
+
+        Cached per point: the residuals and recent values change only when a point is learned,
+        and ``count`` moves with them (the scorer calls ``forecast`` and ``update`` per point)."""
+        if self._floor_cache is not None and self._floor_cache[0] == self.count:
+            return self._floor_cache[1]
+        floor = self._compute_floor()
+        self._floor_cache = (self.count, floor)
+        return floor
+
+    def _compute_floor(self) -> float:
         if len(self.residuals) >= self.config.min_bin_count:
             _, mad = _median_mad(self.residuals)
             floor = 0.5 * _MAD_TO_SIGMA * mad
@@ -305,7 +319,10 @@ class Detector:
         return self.config.lags + 3  # lags, sin and cos of the time of day, the gap
 
     def _typical_step(self) -> float:
-        return float(np.median(self.steps)) if self.steps else 300.0
+        """The median gap between points, s (cached until a new gap is seen)."""
+        if self._step_cache is None:
+            self._step_cache = float(statistics.median(self.steps)) if self.steps else 300.0
+        return self._step_cache
 
     def _features(
         self, lags: deque[float], t: float, gap: float, scale: float
@@ -350,6 +367,7 @@ class Detector:
             if gap > c.gap_steps * self._typical_step():
                 self.lags.clear()  # the recent past no longer predicts the next point
             self.steps.append(gap)
+            self._step_cache = None
 
         base = self._baseline(t)
         if self.floor is None or self.count % c.floor_every == 0:

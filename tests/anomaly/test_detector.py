@@ -95,6 +95,25 @@ def test_state_round_trips_and_continues_identically() -> None:
     assert original.trainings == restored.trainings == 5  # both retrained after the snapshot
 
 
+def test_cached_step_and_floor_never_go_stale() -> None:
+    """The scorer's pattern, ``forecast(1)`` then ``update`` per point, on a detector that
+    keeps its typical step and scale floor between calls, gives exactly what a detector
+    restored from the same state (nothing cached) gives, at every point, across a duplicate
+    stamp, a 3-day gap and a sensor that starts reporting every 10 minutes instead of 5."""
+    data = series("occupancy_t4013.csv").iloc[560:900]  # a duplicate stamp and a 3-day gap
+    stamps, values = list(data["timestamp"]), list(data["value"])
+    slower = pd.Timedelta(minutes=10)
+    stamps[300:] = [stamps[299] + slower * k for k in range(1, len(stamps) - 299)]
+    kept = Detector()
+    for t, v in zip(stamps[:250], values[:250], strict=True):
+        kept.update(t, v)
+    for t, v in zip(stamps[250:], values[250:], strict=True):
+        fresh = Detector.from_bytes(kept.to_bytes())
+        assert kept.forecast(1) == fresh.forecast(1)
+        assert kept.update(t, v) == fresh.update(t, v)
+        assert kept.forecast(3) == fresh.forecast(3)
+
+
 def test_restoring_a_foreign_state_is_refused() -> None:
     state = Detector().state_dict() | {"version": 999}
     with pytest.raises(DetectorError):
