@@ -30,6 +30,7 @@ Beijing): nothing is tuned per series.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import statistics
@@ -552,6 +553,7 @@ def phase_for(series: str, config: DetectorConfig) -> int:
     return zlib.crc32(series.encode()) % config.train_every
 
 
+@functools.cache  # a handful of interval levels, asked for at every forecast
 def _erfinv(p: float) -> float:
     """Inverse error function by bisection on math.erf (only for interval levels)."""
     lo, hi = 0.0, 6.0

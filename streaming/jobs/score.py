@@ -29,6 +29,7 @@ batch, without a restart.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -111,6 +112,7 @@ class ScoreSummary:
     alert_events: int = 0
 
 
+@functools.cache  # a frozen configuration; asked once per score written
 def online_version(config: DetectorConfig) -> str:
     """The version name of detectors that learn online from nothing (no registered model)."""
     import hashlib
