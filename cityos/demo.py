@@ -2,8 +2,9 @@
 
 1. start Kafka and PostgreSQL (idempotent) and apply the migrations;
 2. load the Cologne and Beijing zones, register the twin's intersections, phases and sensors;
-3. start the Spark job live, then run the Cologne twin for a few simulated hours as fast as it
-   goes and replay the Beijing December 2016 smog episode, both into Kafka;
+3. start the Spark job live, then, in a process of its own, replay the Beijing December 2016
+   smog episode and run the Cologne twin for a few simulated hours (240x real time by default),
+   both into Kafka;
 4. drain what is left through Spark, then print what landed where.
 
 Event times end at about "now": the twin's simulated t=0 is set ``hours`` before the start and
@@ -19,10 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cityos.settings import Settings
 from cityos.topics import Topics
+
+if TYPE_CHECKING:
+    from cityos.stack import Stack
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,17 @@ class DemoReport:
 
 
 Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the demo sends: the Beijing replay of ``beijing_from``..``beijing_to`` (all at once,
+    rebased to end now), then ``hours`` simulated hours of the twin at ``speedup``."""
+
+    hours: float
+    speedup: float
+    beijing_from: datetime = BEIJING_FROM
+    beijing_to: datetime = BEIJING_TO
 
 
 # What a demo run produces; a fresh run clears it so that it can be repeated. Sensor watermarks
@@ -112,7 +127,9 @@ def reset_streams(settings: Settings, say: Say) -> None:
     )
     for folder in (settings.state_dir / "checkpoints", settings.lake_dir, settings.model_dir):
         shutil.rmtree(folder, ignore_errors=True)  # type: ignore[arg-type]
-    with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+    with connect(
+        settings.database_url.get_secret_value(), settings.database_schema, autocommit=True
+    ) as conn:
         conn.execute(
             sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, STREAM_TABLES)))
         )
@@ -132,7 +149,9 @@ def register(settings: Settings, say: Say) -> Any:
 
     prepared = twin.prepare(settings.twin_network, settings.data_dir)
     beijing = open_city("beijing", settings.data_dir)
-    with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+    with connect(
+        settings.database_url.get_secret_value(), settings.database_schema, autocommit=True
+    ) as conn:
         counts = register_twin(conn, prepared.city, prepared.layout, prepared.stations)
         write_city(conn, beijing)
         stations = write_sensors(conn, beijing, replay.beijing_sensors(settings.data_dir))
@@ -146,24 +165,25 @@ def register(settings: Settings, say: Say) -> Any:
 def produce(
     settings: Settings,
     prepared: Any,
-    hours: float,
-    speedup: float,
+    sources: Sources,
     report: DemoReport,
     stop: threading.Event,
     on_progress: Callable[[float], None],
 ) -> None:
-    """The Beijing replay (all at once), then the twin for ``hours`` simulated hours, paced."""
+    """The Beijing replay (all at once), then the twin, paced (see :class:`Sources`)."""
     from cityos.streaming.producer import make_producer
     from cityos.streaming.sources import replay, twin
 
     topics = Topics(settings.topic_prefix)
-    duration = hours * 3600.0
+    duration = sources.hours * 3600.0
     producer = make_producer(settings.kafka_bootstrap, settings.producer_client)
     try:
-        records, _missing = replay.beijing_records(settings.data_dir, BEIJING_FROM, BEIJING_TO)
+        records, _missing = replay.beijing_records(
+            settings.data_dir, sources.beijing_from, sources.beijing_to
+        )
         sent = replay.publish(records, producer, topics, rebase=True, stop=stop)
         report.replay_events = sent.sent
-        start = twin.default_start(speedup, duration)
+        start = twin.default_start(sources.speedup, duration)
         with twin.Twin(
             prepared.scenario,
             prepared.layout,
@@ -175,7 +195,7 @@ def produce(
                 producer,
                 topics,
                 start=start,
-                speedup=speedup,
+                speedup=sources.speedup,
                 duration_s=duration,
                 stop=stop,
                 progress=on_progress,
@@ -188,6 +208,126 @@ def produce(
         producer.close()
         report.delivered = producer.stats.sent
         report.failed = producer.stats.failed
+
+
+def produce_in_process(
+    settings: Settings,
+    prepared: Any,
+    sources: Sources,
+    report: DemoReport,
+    on_progress: Callable[[float], None],
+) -> None:
+    """:func:`produce` in a child process, as sources run in a deployment.
+
+    In the Spark driver's interpreter the twin's loop would hold the GIL that every Py4J call of
+    a micro-batch waits for (see ``streaming/README.md``, "The fixed cost of a batch, and the
+    GIL"). The child reports its progress and, at the end, its counts into ``report``. Ctrl-C
+    reaches both processes: the child stops its sources and reports what it sent, then this
+    raises KeyboardInterrupt as :func:`produce` would.
+    """
+    import multiprocessing
+    import os
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")  # no forked copy of the JVM gateway's threads
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_produce_child,
+        args=(send, settings, prepared.scenario, prepared.layout, prepared.stations, sources),
+        kwargs={
+            "log_levels": {name: logging.getLogger(name).level for name in ("", "kafka", "py4j")},
+        },
+        name="cityos-sources",
+        daemon=True,
+    )
+    child.start()
+    send.close()
+    interrupted: list[int] = []
+
+    def on_interrupt(signum: int, _frame: Any) -> None:
+        # not a KeyboardInterrupt in the middle of reading a message: the child stops its
+        # sources (it may have had the signal already) and reports what it sent
+        interrupted.append(signum)
+        if child.pid is not None:
+            os.kill(child.pid, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    outcome: dict[str, Any] | str | None = None
+    try:
+        while outcome is None:
+            if not receive.poll(0.2):
+                if not child.is_alive() and not receive.poll():
+                    outcome = f"its process ended with code {child.exitcode} before reporting"
+                continue
+            try:
+                kind, payload = receive.recv()
+            except EOFError:
+                outcome = f"its process ended with code {child.exitcode} before reporting"
+                continue
+            if kind == "progress":
+                on_progress(payload)
+            else:
+                outcome = payload
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        child.join(timeout=30)
+    if isinstance(outcome, str):
+        from cityos.errors import CityOSError
+
+        raise CityOSError(f"the demo's sources failed: {outcome}")
+    for name, value in outcome.items():
+        setattr(report, name, value)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _produce_child(
+    send: Any,
+    settings: Settings,
+    scenario: Any,
+    layout: Any,
+    stations: Any,
+    sources: Sources,
+    *,
+    log_levels: dict[str, int],
+) -> None:
+    """The child's side of :func:`produce_in_process`: progress, then the counts (or the
+    error's text). It logs as the parent does (the CLI quiets the client libraries)."""
+    import signal
+    from types import SimpleNamespace
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, level in log_levels.items():
+        logging.getLogger(name).setLevel(level)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())  # stop cleanly, flush, report
+    report = DemoReport()
+    outcome: dict[str, Any] | str
+    try:
+        prepared = SimpleNamespace(scenario=scenario, layout=layout, stations=stations)
+        produce(
+            settings,
+            prepared,
+            sources,
+            report,
+            stop,
+            lambda sim_s: send.send(("progress", sim_s)),
+        )
+        outcome = {
+            name: getattr(report, name)
+            for name in (
+                "simulated_s",
+                "traffic_events",
+                "environment_events",
+                "replay_events",
+                "delivered",
+                "failed",
+            )
+        }
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises
+        outcome = f"{type(err).__name__}: {err}"
+    send.send(("done", outcome))
+    send.close()
 
 
 def dead_letter_counts(settings: Settings) -> dict[str, int]:
@@ -246,7 +386,9 @@ def summarise(settings: Settings, report: DemoReport) -> None:
 
     from cityos.db import connect
 
-    with connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+    with connect(
+        settings.database_url.get_secret_value(), settings.database_schema, autocommit=True
+    ) as conn:
         for table in SERVING_TABLES:
             query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
             report.table_rows[table] = (conn.execute(query).fetchone() or (0,))[0]
@@ -277,8 +419,13 @@ def run_demo(
     speedup: float,
     console: Any,
     fresh: bool = True,
+    stack: Stack | None = None,
+    beijing_from: datetime = BEIJING_FROM,
 ) -> DemoReport:
-    """Everything `make demo` does; ``console`` is a rich Console for progress and tables."""
+    """Everything `make demo` does; ``console`` is a rich Console for progress and tables.
+
+    ``stack`` is the embedded stack to start (default: the one the environment describes);
+    ``beijing_from`` where the Beijing replay starts (it ends with the smog episode)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cityos.stack import Stack
@@ -288,7 +435,7 @@ def run_demo(
     say = console.log
     clock = time.monotonic()
     with console.status("starting Kafka and PostgreSQL") as status:
-        Stack.from_env().up(progress=lambda msg: status.update(msg))
+        (stack or Stack.from_env()).up(progress=lambda msg: status.update(msg))
     report.seconds["stack"] = time.monotonic() - clock
     settings = settings_factory()
     say(
@@ -304,7 +451,7 @@ def run_demo(
         prepared = register(settings, say)
     report.seconds["register"] = time.monotonic() - clock
 
-    stop_spark, stop_sources = threading.Event(), threading.Event()
+    stop_spark = threading.Event()
     started: list[Any] = []
     ready = threading.Event()
     failure: list[BaseException] = []
@@ -357,9 +504,14 @@ def run_demo(
                 bar.update(spark_task, detail=f"{processed():,} events merged")
 
             try:
-                produce(settings, prepared, hours, speedup, report, stop_sources, on_progress)
+                produce_in_process(
+                    settings,
+                    prepared,
+                    Sources(hours, speedup, beijing_from=beijing_from),
+                    report,
+                    on_progress,
+                )
             except KeyboardInterrupt:
-                stop_sources.set()
                 say(
                     "interrupted: sources stopped; Spark merges what was sent "
                     "(Ctrl-C again to stop it now)"
