@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,21 @@ def registered_speed_limits(database_url: str, schema: str) -> dict[str, float]:
     """The posted limit the sources registered per traffic sensor (sensor_speed_limits)."""
     with connect(database_url, schema) as conn:
         return dict(conn.execute("SELECT sensor_id, speed_limit_kmh FROM sensor_speed_limits"))
+
+
+# ----------------------------------------------------------------------------- events
+def minute_reading(sensor: str, start: datetime, vehicles: int) -> events.Event:
+    """One lane's one-minute detector reading: occupancy and speed follow the vehicle count
+    (no speed in a minute without a vehicle)."""
+    return events.traffic_flow(
+        sensor,
+        start,
+        start + timedelta(minutes=1),
+        intensity=vehicles,
+        occupancy=round(0.02 + 0.013 * vehicles, 4),
+        average_speed_kmh=None if vehicles == 0 else 48.0 - 2.5 * vehicles,
+        lane_id=0,
+    )
 
 
 # ----------------------------------------------------------------------------- expected tables

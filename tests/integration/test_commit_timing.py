@@ -20,6 +20,7 @@ from cityos.db import connect
 from cityos.streaming.jobs import aggregate
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
 from cityos.streaming.jobs.errors import StreamingJobError
+from tests.integration.pipeline_tools import minute_reading
 from tests.integration.test_pipeline import produce
 from tests.jobs.conftest import spark  # noqa: F401 - the shared session
 
@@ -51,23 +52,8 @@ def register(database_url: str, schema: str) -> None:
 
 
 def readings(n: int) -> list[dict]:
-    """Minute readings of one detector; a few malformed records go along (dead letters)."""
-    out = []
-    for i in range(n):
-        start = T0 + timedelta(minutes=i)
-        count = (9 + 3 * i) % 11
-        out.append(
-            events.traffic_flow(
-                SENSOR,
-                start,
-                start + timedelta(minutes=1),
-                intensity=count,
-                occupancy=round(0.02 + 0.013 * count, 4),
-                average_speed_kmh=None if count == 0 else 48.0 - 2.5 * count,
-                lane_id=0,
-            )
-        )
-    return out
+    """Minute readings of one detector over ``n`` minutes."""
+    return [minute_reading(SENSOR, T0 + timedelta(minutes=i), (9 + 3 * i) % 11) for i in range(n)]
 
 
 def commits(database_url: str, schema: str, name: str) -> list[tuple]:

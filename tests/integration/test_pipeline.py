@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from cityos import events
 from cityos.db import connect
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
-from tests.integration.pipeline_tools import expected_traffic
+from tests.integration.pipeline_tools import expected_traffic, minute_reading
 from tests.jobs.conftest import nlq_fixture, prsa_december, prsa_event, spark  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.integration
@@ -65,18 +65,7 @@ def traffic_events() -> list[dict]:
     for sensor, base in (("cologne-tr-06", 9), ("cologne-tr-07", 0)):
         for i in range(20):
             n = (base + 3 * i) % 11 if sensor == "cologne-tr-06" else (0 if i < 5 else i % 4)
-            start = T0 + timedelta(minutes=i)
-            out.append(
-                events.traffic_flow(
-                    sensor,
-                    start,
-                    start + timedelta(minutes=1),
-                    intensity=n,
-                    occupancy=round(0.02 + 0.013 * n, 4),
-                    average_speed_kmh=None if n == 0 else 48.0 - 2.5 * n,
-                    lane_id=0,
-                )
-            )
+            out.append(minute_reading(sensor, T0 + timedelta(minutes=i), n))
     return out
 
 
