@@ -251,7 +251,8 @@ def produce_in_process(
         if child.pid is not None:
             os.kill(child.pid, signal.SIGINT)
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    main = threading.current_thread() is threading.main_thread()  # where handlers may be set
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main else None
     outcome: dict[str, Any] | str | None = None
     try:
         while outcome is None:
@@ -269,7 +270,8 @@ def produce_in_process(
             else:
                 outcome = payload
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if main:
+            signal.signal(signal.SIGINT, previous)
         child.join(timeout=30)
     if isinstance(outcome, str):
         from cityos.errors import CityOSError
