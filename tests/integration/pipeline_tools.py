@@ -150,6 +150,20 @@ def registered_speed_limits(database_url: str, schema: str) -> dict[str, float]:
         return dict(conn.execute("SELECT sensor_id, speed_limit_kmh FROM sensor_speed_limits"))
 
 
+# ----------------------------------------------------------------------------- settings
+def own_settings(settings: Settings, schema: str, state_dir: Path, **changes: object) -> Settings:
+    """The test's settings with its own schema, checkpoints and lake."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return settings.model_copy(
+        update={
+            "state_dir": state_dir,
+            "lake_dir": state_dir / "lake",
+            "database_schema": schema,
+            **changes,
+        }
+    )
+
+
 # ----------------------------------------------------------------------------- events
 def minute_reading(sensor: str, start: datetime, vehicles: int) -> events.Event:
     """One lane's one-minute detector reading: occupancy and speed follow the vehicle count

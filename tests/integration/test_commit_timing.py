@@ -20,7 +20,7 @@ from cityos.db import connect
 from cityos.streaming.jobs import aggregate
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
 from cityos.streaming.jobs.errors import StreamingJobError
-from tests.integration.pipeline_tools import minute_reading
+from tests.integration.pipeline_tools import minute_reading, own_settings
 from tests.integration.test_pipeline import produce
 from tests.jobs.conftest import spark  # noqa: F401 - the shared session
 
@@ -68,15 +68,13 @@ def commits(database_url: str, schema: str, name: str) -> list[tuple]:
 
 @pytest.fixture
 def job_settings(settings, pg_schema, tmp_path):
-    return settings.model_copy(
-        update={
-            "state_dir": tmp_path,
-            "lake_dir": tmp_path / "lake",
-            "database_schema": pg_schema,
-            "traffic_watermark": "30 minutes",
-            "max_offsets_per_trigger": PER_BATCH,
-            "score_windows": False,
-        }
+    return own_settings(
+        settings,
+        pg_schema,
+        tmp_path,
+        traffic_watermark="30 minutes",
+        max_offsets_per_trigger=PER_BATCH,
+        score_windows=False,
     )
 
 

@@ -16,19 +16,13 @@ import pytest
 from rich.console import Console
 
 from cityos import demo
+from tests.integration.pipeline_tools import own_settings
 from tests.jobs.conftest import spark  # noqa: F401 - the shared session
 
 
 @pytest.fixture
 def demo_settings(settings, pg_schema, tmp_path):
-    return settings.model_copy(
-        update={
-            "state_dir": tmp_path,
-            "lake_dir": tmp_path / "lake",
-            "model_dir": tmp_path / "models",
-            "database_schema": pg_schema,
-        }
-    )
+    return own_settings(settings, pg_schema, tmp_path, model_dir=tmp_path / "models")
 
 
 @pytest.mark.integration

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from cityos import events
 from cityos.db import connect
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
-from tests.integration.pipeline_tools import expected_traffic, minute_reading
+from tests.integration.pipeline_tools import expected_traffic, minute_reading, own_settings
 from tests.jobs.conftest import nlq_fixture, prsa_december, prsa_event, spark  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.integration
@@ -149,15 +149,13 @@ def serving(database_url: str, schema: str, table: str) -> pd.DataFrame:
 
 @pytest.fixture
 def job_settings(settings, pg_schema, tmp_path):
-    return settings.model_copy(
-        update={
-            "state_dir": tmp_path,
-            "lake_dir": tmp_path / "lake",
-            "database_schema": pg_schema,
-            "traffic_watermark": "30 minutes",
-            "air_watermark": "3 days",
-            "max_offsets_per_trigger": 40,  # several batches, so windows span batches
-        }
+    return own_settings(
+        settings,
+        pg_schema,
+        tmp_path,
+        traffic_watermark="30 minutes",
+        air_watermark="3 days",
+        max_offsets_per_trigger=40,  # several batches, so windows span batches
     )
 
 

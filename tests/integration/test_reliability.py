@@ -46,6 +46,7 @@ from tests.integration.pipeline_tools import (
     expected_traffic,
     job_process,
     kill_group,
+    own_settings,
     registered_speed_limits,
     table,
     wait_for,
@@ -112,17 +113,8 @@ def other_schema(database_url: str) -> Iterator[str]:
 
 
 def job_settings(settings: Settings, schema: str, state_dir, **changes: object) -> Settings:
-    """The test's settings with its own schema, checkpoints and lake."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    return settings.model_copy(
-        update={
-            "state_dir": state_dir,
-            "lake_dir": state_dir / "lake",
-            "database_schema": schema,
-            "spark_shuffle_partitions": 2,
-            **changes,
-        }
-    )
+    """The test's settings with its own schema, checkpoints and lake, on two shuffle partitions."""
+    return own_settings(settings, schema, state_dir, spark_shuffle_partitions=2, **changes)
 
 
 def register(database_url: str, schema: str, prepared: twin.Prepared) -> None:
