@@ -277,6 +277,15 @@ class Corpus:
         table = pd.read_csv(path)
         return table[table["File"].isin(self.files)].set_index("File")
 
+    def published_rows(self, detector: str, name: str) -> np.ndarray | None:
+        """A published detector's per-row ``anomaly_score`` of one file (None: not in the
+        extract, which holds them for numenta and contextOSE only)."""
+        folder, file = name.split("/")
+        path = self.root / "results" / detector / folder / f"{detector}_{file}"
+        if not path.exists():
+            return None
+        return pd.read_csv(path, usecols=["anomaly_score"])["anomaly_score"].to_numpy(float)
+
     def published_detectors(self) -> list[str]:
         return sorted(
             p.name
