@@ -33,7 +33,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from cityos.alerting.events import ALERT_COLUMNS, Alert, AlertEvent, EventType
-from cityos.alerting.rules import Rule, RuleError, Verdict, load_rules
+from cityos.alerting.rules import SEVERITIES, Rule, RuleError, Verdict, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,10 @@ class AlertEngine:
         if current is not None:
             if verdict is Verdict.BREACH:
                 severity = rule.severity_of(value, subject.sensor_kind)
-                if severity != current.severity:  # the reading that changed it is the news
+                # escalate only: an open alert keeps its highest severity until it resolves, so
+                # a reading hovering at the critical level does not flap it hour by hour; the
+                # reading that raised it is the news
+                if SEVERITIES.index(severity) > SEVERITIES.index(current.severity):
                     threshold = rule.levels_for(subject.sensor_kind).threshold
                     return _update(
                         cur,
