@@ -132,6 +132,7 @@ class Settings(BaseSettings):
     notify_email_to: list[str] = []  # one e-mail per recipient and event; env: a JSON list
     notify_events: list[Literal["firing", "updated", "acknowledged", "resolved"]] = [
         "firing",
+        "updated",  # an escalation to a higher severity (an open alert's severity only rises)
         "resolved",
     ]
     notify_max_attempts: int = Field(default=5, ge=1)  # per event and destination
