@@ -145,6 +145,9 @@ class ConfluentProducer:
             "linger.ms": LINGER_MS,
             "batch.size": BATCH_BYTES,
             "message.max.bytes": MAX_MESSAGE_BYTES,
+            # librdkafka's own log lines through Python logging (the CLI quiets "kafka"), not
+            # printed raw to stderr
+            "logger": logging.getLogger("kafka.librdkafka"),
         }
         config.update(overrides)
         try:

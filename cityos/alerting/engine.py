@@ -384,6 +384,7 @@ class OutboxPublisher:
                 "acks": "all",
                 "linger.ms": 5,
                 "message.timeout.ms": int(timeout_s * 1000),
+                "logger": logging.getLogger("kafka.librdkafka"),  # not raw to stderr
             }
         )
 

@@ -466,6 +466,7 @@ def alerts_consumer(
             "client.id": "cityos-notifier",
             # one event may take the whole retry budget between two polls
             "max.poll.interval.ms": max(300_000, int(max_poll_interval_s * 1000) + 60_000),
+            "logger": logging.getLogger("kafka.librdkafka"),  # not raw to stderr
         }
     )
     try:
