@@ -225,6 +225,7 @@ def produce_in_process(
     reaches both processes: the child stops its sources and reports what it sent, then this
     raises KeyboardInterrupt as :func:`produce` would.
     """
+    import dataclasses
     import multiprocessing
     import os
     import signal
@@ -233,7 +234,8 @@ def produce_in_process(
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(
         target=_produce_child,
-        args=(send, settings, prepared.scenario, prepared.layout, prepared.stations, sources),
+        # without the city's geo data: the sources need none of it, and it is the heavy part
+        args=(send, settings, dataclasses.replace(prepared, city=None), sources),
         kwargs={
             "log_levels": {name: logging.getLogger(name).level for name in ("", "kafka", "py4j")},
         },
@@ -286,9 +288,7 @@ def produce_in_process(
 def _produce_child(
     send: Any,
     settings: Settings,
-    scenario: Any,
-    layout: Any,
-    stations: Any,
+    prepared: Any,
     sources: Sources,
     *,
     log_levels: dict[str, int],
@@ -296,7 +296,6 @@ def _produce_child(
     """The child's side of :func:`produce_in_process`: progress, then the counts (or the
     error's text). It logs as the parent does (the CLI quiets the client libraries)."""
     import signal
-    from types import SimpleNamespace
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name, level in log_levels.items():
@@ -306,7 +305,6 @@ def _produce_child(
     report = DemoReport()
     outcome: dict[str, Any] | str
     try:
-        prepared = SimpleNamespace(scenario=scenario, layout=layout, stations=stations)
         produce(
             settings,
             prepared,
