@@ -14,6 +14,7 @@ from cityos.alerting.rules import RuleError, Verdict, load_rules
 from cityos.db import connect
 from cityos.settings import data_dir_from_env
 from cityos.streaming.jobs.aqi import aqi
+from tests.sql import scalar
 
 DONGSI = "beijing-aq-dongsi"
 TZ = "Asia/Shanghai"
@@ -189,7 +190,7 @@ def test_a_winter_month_of_dongsi_fires_once_per_episode_and_resolves_with_hyste
             "SELECT status, count(*) FROM alerts WHERE sensor_id = %s GROUP BY status",
             (DONGSI,),
         ).fetchall()
-        outbox = conn.execute("SELECT count(*) FROM alert_outbox").fetchone()[0]
+        outbox = scalar(conn, "SELECT count(*) FROM alert_outbox")
         latest = {  # each alert's last transition is what its row says
             alert_id: (severity, value, message)
             for alert_id, severity, value, message in conn.execute(
@@ -198,7 +199,7 @@ def test_a_winter_month_of_dongsi_fires_once_per_episode_and_resolves_with_hyste
         }
     last = {e.alert.alert_id: e.alert for e in events}
     assert latest == {i: (a.severity, a.value, a.message) for i, a in last.items()}
-    counts = dict(rows)
+    counts: dict[str, int] = dict(rows)
     assert counts.get("resolved", 0) == len(resolved)
     assert counts.get("firing", 0) == len(fired) - len(resolved)
     assert outbox == len(events)
@@ -275,7 +276,9 @@ def test_transitions_reach_the_alerts_topic_through_the_outbox(
     while len(received) < len(events) and datetime.now(UTC) < deadline:
         msg = consumer.poll(1.0)
         if msg is not None and msg.error() is None:
-            received.append(AlertEvent.from_json(msg.value()))
+            value = msg.value()
+            assert value is not None
+            received.append(AlertEvent.from_json(value))
             assert msg.key() == received[-1].alert.alert_id.encode()
     consumer.close()
     assert sorted(e.event_id for e in received) == sorted(e.event_id for e in events)

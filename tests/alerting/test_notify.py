@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -301,7 +302,9 @@ def test_email_arrives_at_a_real_smtp_server(smtp_server: SmtpServer) -> None:
     assert message["From"] == "cityos@example.org"
     assert message[EVENT_HEADER] == event.event_id
     assert message.get_content_type() == "text/plain"
-    text = message.get_payload(decode=True).decode()
+    payload = message.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    text = payload.decode()
     assert "Value:" in text and "183" in text and "Threshold:" in text and "150" in text
     assert "Zone:         dongsi" in text
     assert "Resolved:" not in text  # a firing alert has no resolved_at
@@ -386,7 +389,7 @@ def test_config_from_settings() -> None:
 # --- integration: the ledger in PostgreSQL, the alerts topic in Kafka -------------------------
 
 
-def deliveries(database_url: str, schema: str) -> dict[tuple[str, str], dict[str, object]]:
+def deliveries(database_url: str, schema: str) -> dict[tuple[str, str], dict[str, Any]]:
     from psycopg.rows import dict_row
 
     from cityos.db import connect

@@ -63,6 +63,7 @@ def test_sweep_finds_a_threshold_at_least_as_good_as_the_published_one() -> None
     files, scores = [], []
     for name in CORPUS.files:
         rows = detector_rows("numenta", name)
+        assert rows is not None, name
         files.append(CORPUS.labelled(name, rows["timestamp"]))
         scores.append(rows["anomaly_score"].to_numpy())
     best = sweep(files, scores, STANDARD)

@@ -26,6 +26,7 @@ from cityos.streaming.lake_windows import LakeDataMissing, lake_serving
 from cityos.topics import Topics
 from tests.anomaly.streamed import Streamed, stream, stream_settings
 from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession
+from tests.sql import scalar
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,7 @@ def assert_same_series(got: dict, want: dict) -> None:
 
 def _rows(conn, table: str, start: datetime, end: datetime) -> int:
     query = sql.SQL("SELECT count(*) FROM {} WHERE window_start >= %s AND window_start < %s")
-    return conn.execute(query.format(sql.Identifier(table)), (start, end)).fetchone()[0]
+    return scalar(conn, query.format(sql.Identifier(table)), (start, end))
 
 
 def test_the_lake_windows_are_the_serving_windows(streamed: Streamed, spark) -> None:  # noqa: F811
@@ -129,6 +130,7 @@ def test_replayed_batches_and_compaction_change_nothing(
     spark,  # noqa: F811
 ) -> None:
     s = streamed.settings
+    assert s.lake_dir is not None  # filled in by Settings
     date_dir = s.lake_dir / Topics(s.topic_prefix).traffic / "date=2014-01-15"
     first = lake.batch_folders(date_dir)[0]
     shutil.copytree(first, date_dir / "batch=999")  # a batch replayed after a crash, twice
@@ -163,6 +165,7 @@ def test_retrain_trains_from_the_lake_promotes_and_is_idempotent(
     assert first["series"] == len(expected) > 12 * 4  # the stations' measured metrics
     assert first["sensors"] == 12
     assert first["candidate"]["mase"] > 0 and first["candidate"]["points"] > 0
+    assert settings.model_dir is not None  # filled in by Settings
     folder = settings.model_dir / "anomaly" / first["version"]
     assert (folder / "model.json").exists() and (folder / "states.parquet").exists()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -23,6 +24,7 @@ from cityos.db import connect
 from cityos.settings import data_dir_from_env
 from cityos.streaming.jobs.aqi import aqi
 from cityos.streaming.jobs.score import AIR, Scorer, online_version
+from tests.sql import one, scalar
 
 pytestmark = pytest.mark.integration
 
@@ -135,14 +137,15 @@ def test_closed_windows_are_scored_once_forecast_and_alerted(database_url, beiji
             summary = run.score(conn, datetime.now(UTC))
             total += summary.windows
             # windows within the lateness of the newest event are not closed yet
-            open_ = conn.execute(
+            open_ = scalar(
+                conn,
                 "SELECT count(*) FROM air_quality_1h a JOIN sensor_watermarks w USING (sensor_id)"
                 " WHERE a.window_end > w.max_event_time - %s",
                 (LATENESS,),
-            ).fetchone()[0]
+            )
             assert open_ > 0
         assert run.score(conn, datetime.now(UTC)).windows == 0  # nothing closes twice
-        windows = conn.execute("SELECT count(*) FROM air_quality_1h").fetchone()[0]
+        windows = scalar(conn, "SELECT count(*) FROM air_quality_1h")
         assert total == windows - len(STATIONS) * 2  # all but the last two hours per station
 
         measured = sum(
@@ -153,7 +156,7 @@ def test_closed_windows_are_scored_once_forecast_and_alerted(database_url, beiji
             if r.get(m) is not None
             and r["window_end"] <= max(x["window_end"] for x in batches[-1]) - LATENESS
         )
-        got = conn.execute("SELECT count(*), min(score), max(score) FROM anomaly_scores").fetchone()
+        got = one(conn, "SELECT count(*), min(score), max(score) FROM anomaly_scores")
         assert got[0] == measured and 0 <= got[1] <= got[2] <= 1
         assert {r[4] for r in scores(conn)} == {online_version(DetectorConfig())}
 
@@ -165,11 +168,11 @@ def test_closed_windows_are_scored_once_forecast_and_alerted(database_url, beiji
         assert rows and all(t >= i and lo <= e <= hi for i, t, e, lo, hi in rows)
 
         # the smog of December 2013 raised AQI alerts through the same transaction
-        fired = conn.execute(
-            "SELECT count(*) FROM alerts WHERE kind = 'air_quality' AND metric = 'aqi'"
-        ).fetchone()[0]
+        fired = scalar(
+            conn, "SELECT count(*) FROM alerts WHERE kind = 'air_quality' AND metric = 'aqi'"
+        )
         assert fired > 0
-        outbox = conn.execute("SELECT count(*) FROM alert_outbox").fetchone()[0]
+        outbox = scalar(conn, "SELECT count(*) FROM alert_outbox")
         assert outbox >= fired
 
 
@@ -273,15 +276,12 @@ def test_a_promoted_model_is_picked_up_without_a_restart(database_url, beijing, 
         for day in batches[1:]:
             merge_day(conn, day)
             run.score(conn, datetime.now(UTC))
-        versions = dict(
+        versions: dict[str, int] = dict(
             conn.execute("SELECT model_version, count(*) FROM anomaly_scores GROUP BY 1").fetchall()
         )
         assert set(versions) == {online_version(DetectorConfig()), "v1"}
         # the seeded detectors forecast at once: they have a month behind them
-        assert (
-            conn.execute("SELECT count(*) FROM forecasts WHERE model_version = 'v1'").fetchone()[0]
-            > 0
-        )
+        assert scalar(conn, "SELECT count(*) FROM forecasts WHERE model_version = 'v1'") > 0
 
 
 # ----------------------------------------------------------------------------- zone forecasts
@@ -346,7 +346,7 @@ def test_a_zone_forecast_is_the_mean_of_its_sensors_forecasts(database_url, zone
             "SELECT zone_id, target_start, expected, lower, upper, sensors FROM zone_forecasts"
             " WHERE metric = 'pm25'"
         ).fetchall()
-        members = dict(
+        members: dict[Any, Any] = dict(
             conn.execute(
                 "SELECT zone_id, array_agg(sensor_id) FROM sensors"
                 " WHERE sensor_id = ANY(%s) GROUP BY zone_id",
@@ -452,14 +452,14 @@ def test_replaying_scored_windows_leaves_zone_forecasts_and_alerts_unchanged(
 ) -> None:
     with connect(database_url, zone_run, autocommit=True) as conn:
         before = zone_forecasts(conn), conn.execute("SELECT * FROM alerts ORDER BY 1").fetchall()
-        outbox = conn.execute("SELECT count(*) FROM alert_outbox").fetchone()[0]
+        outbox = scalar(conn, "SELECT count(*) FROM alert_outbox")
         # a new process whose progress was lost for the last day: the day is scored again
         conn.execute("UPDATE scoring_progress SET scored_until = scored_until - interval '1 day'")
         summary = scorer().score(conn, datetime.now(UTC))
         assert summary.windows == 24 * len(ZONE_STATIONS) and summary.zone_forecasts > 0
         after = zone_forecasts(conn), conn.execute("SELECT * FROM alerts ORDER BY 1").fetchall()
         assert after == before
-        assert conn.execute("SELECT count(*) FROM alert_outbox").fetchone()[0] == outbox
+        assert scalar(conn, "SELECT count(*) FROM alert_outbox") == outbox
 
 
 def test_a_sensor_belongs_to_its_zone_and_every_zone_above_it(database_url, pg_schema) -> None:

@@ -138,7 +138,7 @@ def _interpolate_text(text: str, env: dict[str, str]) -> str:
         name, op, arg = braced["name"], braced["op"] or "", braced["arg"] or ""
         value = env.get(name)
         if op in (":-", "-"):
-            return value if (value if op == ":-" else value is not None) else arg
+            return value if value is not None and (value or op == "-") else arg
         if op in (":?", "?") and not (value if op == ":?" else value is not None):
             raise ValueError(f"{name} is required: {arg}")
         if op in (":+", "+"):
@@ -550,7 +550,7 @@ def _setting(env: dict[str, str], name: str) -> Any:
     raw = env.get(f"CITYOS_{name.upper()}")
     if raw is None:
         return field.get_default(call_default_factory=True)
-    return TypeAdapter(field.annotation).validate_python(raw)
+    return TypeAdapter(field.annotation).validate_python(raw)  # type: ignore[arg-type]
 
 
 def _options(args: list[str]) -> dict[str, str]:

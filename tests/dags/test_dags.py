@@ -19,6 +19,7 @@ from tests.dags.realdata import (
     write_day,
 )
 from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession
+from tests.sql import scalar
 
 SCHEDULES = {
     "data_quality": "@hourly",
@@ -161,7 +162,7 @@ def test_retrain_trains_its_interval_from_the_lake(
     stream(settings, spark, end - lookback, end)  # real PRSA readings -> Kafka -> job
     with connect(database_url, pg_schema) as conn:
         expected = read_series(conn, end - lookback, end)
-        windows = conn.execute("SELECT count(*) FROM air_quality_1h").fetchone()[0]
+        windows = scalar(conn, "SELECT count(*) FROM air_quality_1h")
         conn.execute("TRUNCATE traffic_5m, air_quality_1h")  # the task reads the lake only
         conn.commit()
 

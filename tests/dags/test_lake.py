@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -208,7 +209,7 @@ def test_spark_reads_a_compacted_lake_as_it_read_the_batches(tmp_path: Path, spa
         stage_batch(part, staged)
         write_lake(staged, topic_dir, batch, ["2014-01-15"])
 
-    def summary() -> list[tuple]:
+    def summary() -> tuple[list[tuple], Any]:
         df = spark.read.parquet(str(topic_dir))
         agg = df.groupBy("date").agg(
             F.count("*"),

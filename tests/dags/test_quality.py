@@ -9,6 +9,7 @@ import pytest
 from cityos import quality
 from cityos.db import connect
 from tests.dags.realdata import SILENT_SENSOR, seed_next_hour, seed_quality_scenario
+from tests.sql import scalar
 
 START = datetime(2014, 1, 15, 10, tzinfo=UTC)
 END = START + timedelta(hours=1)
@@ -127,7 +128,7 @@ def test_checks_of_real_data_are_recorded_once_per_interval(
         quality.run_checks(conn, START, END)  # a re-run replaces, never adds
         conn.commit()
         assert _rows(conn, START) == rows
-        total = conn.execute("SELECT count(*) FROM data_quality_checks").fetchone()[0]
+        total = scalar(conn, "SELECT count(*) FROM data_quality_checks")
         assert total == 72
 
 

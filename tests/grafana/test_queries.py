@@ -22,6 +22,7 @@ import pytest
 from cityos.grafana.dashboards import DASHBOARDS, build
 from cityos.grafana.macros import Variable, expand, parse_interval
 from tests.grafana.seed import AIR_QUERY, TRAFFIC_QUERY
+from tests.sql import scalar
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,8 @@ class Case:
     picks: tuple[tuple[str, str | tuple[str, ...]], ...] = ()
 
 
-def _utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def _utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 # Traffic: 2016-12-18/19 Cologne local days; air quality: 2016-12-14..22 Beijing; the
@@ -297,10 +298,11 @@ def test_batch_durations_are_a_median_below_a_maximum(conn: psycopg.Connection) 
     p50, top = names.index("p50_s"), names.index("max_s")
     assert {r[names.index("metric")] for r in rows} == {TRAFFIC_QUERY, AIR_QUERY}
     assert all(0 < r[p50] <= r[top] for r in rows), rows[:5]
-    want = conn.execute(  # the slowest batch of the range, straight from the table
+    want = scalar(
+        conn,  # the slowest batch of the range, straight from the table
         "SELECT max(batch_duration_ms)::float8 / 1000 FROM stream_commits"
-        " WHERE committed_at BETWEEN '2016-12-19T00:00:00Z' AND '2016-12-20T00:00:00Z'"
-    ).fetchone()[0]
+        " WHERE committed_at BETWEEN '2016-12-19T00:00:00Z' AND '2016-12-20T00:00:00Z'",
+    )
     assert max(r[top] for r in rows) == want
 
 

@@ -139,6 +139,7 @@ def table(database_url: str, schema: str, name: str) -> pd.DataFrame:
                 sql.Identifier(name)
             )
         )
+        assert cur.description is not None
         df = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
     df["window_start"] = pd.to_datetime(df.window_start, utc=True)
     return df.set_index(["sensor_id", "window_start"])

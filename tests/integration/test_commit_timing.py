@@ -23,6 +23,7 @@ from cityos.streaming.jobs.errors import StreamingJobError
 from tests.integration.pipeline_tools import minute_reading, own_settings
 from tests.integration.test_pipeline import produce
 from tests.jobs.conftest import spark  # noqa: F401 - the shared session
+from tests.sql import scalar
 
 pytestmark = pytest.mark.integration
 
@@ -146,14 +147,14 @@ def test_a_failed_lake_write_fails_its_batch_and_the_restart_merges_it_once(
     name = query_name(topics.traffic)
     assert commits(database_url, pg_schema, name) == []
     with connect(database_url, pg_schema) as conn:
-        assert conn.execute("SELECT count(*) FROM traffic_5m").fetchone()[0] == 0
+        assert scalar(conn, "SELECT count(*) FROM traffic_5m") == 0
 
     monkeypatch.undo()  # the real lake write
     run_pipeline(settings, until="available", spark=spark)
     rows = commits(database_url, pg_schema, name)
     assert [(r[0], r[1]) for r in rows] == [(0, len(records))]  # the same batch, merged once
     with connect(database_url, pg_schema) as conn:
-        vehicles = conn.execute("SELECT sum(vehicle_count) FROM traffic_5m").fetchone()[0]
+        vehicles = scalar(conn, "SELECT sum(vehicle_count) FROM traffic_5m")
     assert vehicles == sum(e["intensity"] for e in traffic)
     lake = pd.read_parquet(settings.lake_dir / topics.traffic)
     assert len(lake) == len(traffic)

@@ -25,6 +25,7 @@ from cityos.geo import (
     write_city,
 )
 from cityos.settings import SHARED_DIR
+from tests.sql import scalar
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +49,6 @@ def cities() -> dict[str, CityGeo]:
 def conn(database_url: str, pg_schema: str) -> Iterator[psycopg.Connection[Any]]:
     with connect(database_url, schema=pg_schema, autocommit=True) as connection:
         yield connection
-
-
-def scalar(conn: psycopg.Connection[Any], query: str) -> Any:
-    row = conn.execute(query).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def test_load_cities_and_zones(conn: psycopg.Connection[Any], cities: dict[str, CityGeo]) -> None:

@@ -141,6 +141,7 @@ def consume_all(bootstrap: str, topic: str, expect: int, settle_s: float = 3.0) 
 def serving(database_url: str, schema: str, table: str) -> pd.DataFrame:
     with connect(database_url, schema) as conn:
         cur = conn.execute(f"SELECT * FROM {table} ORDER BY sensor_id, window_start")  # noqa: S608
+        assert cur.description is not None
         cols = [d.name for d in cur.description]
         df = pd.DataFrame(cur.fetchall(), columns=cols)
     df["window_start"] = pd.to_datetime(df.window_start, utc=True)

@@ -52,6 +52,7 @@ from tests.integration.pipeline_tools import (
     wait_for,
 )
 from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession fixture
+from tests.sql import scalar
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def test_sigkill_mid_stream_then_restart_matches_uninterrupted_run(
         assert done[traffic_q][1:] == (produced["traffic"], 0), f"traffic rows in {schema}"
         assert done[env_q][1:] == (produced["environment"], 0), f"environment rows in {schema}"
     with connect(database_url, pg_schema) as conn:
-        readings = conn.execute("SELECT sum(readings) FROM traffic_5m_acc").fetchone()[0]
+        readings = scalar(conn, "SELECT sum(readings) FROM traffic_5m_acc")
     assert readings == produced["traffic"]  # no batch added twice
     assert_tables_equal(database_url, pg_schema, other_schema)
 

@@ -6,6 +6,7 @@ import math
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
@@ -16,6 +17,7 @@ from cityos.settings import SHARED_DIR
 from cityos.streaming.producer import ProducerError, make_producer
 from cityos.streaming.sources import loadgen, replay, twin
 from cityos.streaming.sources.registry import open_city, register_twin, write_city, write_sensors
+from tests.sql import scalar
 
 pytestmark = pytest.mark.integration
 DATA = SHARED_DIR / "data"
@@ -32,7 +34,7 @@ def consume(bootstrap: str, topic: str | list[str], expected: int, timeout_s: fl
         consumer_timeout_ms=5000,
         enable_auto_commit=False,
     )
-    records = []
+    records: list[Any] = []
     deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
     try:
         while len(records) < expected and datetime.now(UTC) < deadline:
@@ -59,14 +61,12 @@ def test_twin_ten_minutes_round_trip(prepared, kafka_bootstrap, topics, database
             )
         )
         assert counts == {"traffic": 27, "air_quality": 8}
-        assert conn.execute("SELECT count(*) FROM intersections").fetchone()[0] == 8
-        assert conn.execute("SELECT count(*) FROM signal_phases").fetchone()[0] == sum(
+        assert scalar(conn, "SELECT count(*) FROM intersections") == 8
+        assert scalar(conn, "SELECT count(*) FROM signal_phases") == sum(
             len(s.phases) for s in prepared.layout.signals
         )
-        assert conn.execute("SELECT count(*) FROM sensor_speed_limits").fetchone()[0] == 27
-        zoned = conn.execute(
-            "SELECT count(*) FROM sensors WHERE zone_id LIKE 'cologne-stt-%'"
-        ).fetchone()[0]
+        assert scalar(conn, "SELECT count(*) FROM sensor_speed_limits") == 27
+        zoned = scalar(conn, "SELECT count(*) FROM sensors WHERE zone_id LIKE 'cologne-stt-%'")
         assert zoned == 35
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
+from pydantic import SecretStr
 
 from cityos import events
 from cityos.settings import SHARED_DIR, Settings
@@ -27,7 +28,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     state = tmp_path_factory.mktemp("spark-state")
     settings = Settings(
         kafka_bootstrap="localhost:9",  # unit tests never reach it
-        database_url="postgresql://unused@localhost/unused",
+        database_url=SecretStr("postgresql://unused@localhost/unused"),
         state_dir=state,
         spark_master="local[2]",
         spark_shuffle_partitions=2,

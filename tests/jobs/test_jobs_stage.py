@@ -16,7 +16,7 @@ MIDNIGHT = datetime(2016, 12, 19, tzinfo=UTC)
 SENSORS = ["cologne-tr-06", "cologne-tr-07"]
 
 
-def batch_events() -> tuple[list, list[bytes]]:
+def batch_events() -> tuple[list, list[bytes | None]]:
     minute = timedelta(minutes=1)
     readings = [  # across a UTC midnight: two lake dates
         events.traffic_flow(

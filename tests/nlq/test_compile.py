@@ -37,7 +37,7 @@ def normalised(sql: str, read: str) -> exp.Expression:
             proj.replace(proj.this)
     # Spark sorts NULLs last on DESC, PostgreSQL first; the ordered keys here are never NULL.
     text = tree.sql("postgres").replace(" NULLS LAST", "").replace(" NULLS FIRST", "")
-    return sqlglot.parse_one(text, read="postgres")
+    return sqlglot.parse_one(text, read="postgres")  # type: ignore[return-value]
 
 
 def plan_for(qid: str, zone: str, **fields: object) -> QueryPlan:

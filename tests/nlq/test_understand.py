@@ -7,6 +7,7 @@ interpreter makes of given slot words, against the real serving tables.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -38,7 +39,7 @@ def interpreter(nlq_database_url: str) -> Interpreter:
     return Interpreter(Catalog(lambda: connect(nlq_database_url, "public")))
 
 
-def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     import sqlglot
 
     with psycopg.connect(url) as conn:

@@ -12,6 +12,7 @@ from cityos import metrics
 from cityos.db import connect
 from cityos.streaming.jobs.errors import StreamingJobError
 from cityos.streaming.supervisor import Backoff, Supervisor
+from tests.sql import scalar
 
 FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.04)
 
@@ -171,11 +172,11 @@ def test_a_supervised_real_pipeline_runs_reports_metrics_and_stops_on_request(
 
     def merged() -> int:
         with connect(database_url, pg_schema) as conn:
-            row = conn.execute(
+            return scalar(
+                conn,
                 "SELECT coalesce(sum(valid_rows), 0) FROM stream_commits WHERE query_name = %s",
                 (name,),
-            ).fetchone()
-        return row[0]
+            )
 
     def input_rows() -> float:
         got = metrics.REGISTRY.get_sample_value("cityos_stream_input_rows_total", {"query": name})
