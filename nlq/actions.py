@@ -16,7 +16,9 @@ applied to ``alerts`` at once; an approved signal change goes to the configured 
 (none: it stays ``approved`` with a note). A synchronous actuator confirms at once (``applied``);
 an asynchronous one (``cityos.nlq.actuator.KafkaActuator``) only hands the change on: the action
 is ``sent`` until the controller (``cityos.streaming.control``) confirms it as ``applied`` or
-``failed``. ``rollback`` restores the green in force before an applied change, the same way.
+``failed``. ``rollback`` restores the green in force before an applied change, the same way;
+it is refused while another change of the intersection is approved or sent (the controller
+would apply that one first, and the rollback would then undo it).
 Every step lands in ``action_audit`` with who, when, and the target's state before and after.
 """
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 PENDING = ("proposed", "approved", "sent")  # the statuses that hold an intersection
+APPLIED_STEP = ("apply", "applied")  # the audit step, and status after it, that applied a change
 SEVERITIES = ("info", "warning", "critical")
 MAX_MESSAGE_CHARS = 500
 SIGNAL_PARAMS = {"phase_index", "green_s"}
@@ -66,7 +69,8 @@ ALERT_OPERATIONS = {
 
 
 class ActionError(NLQError):
-    """An action request the service cannot carry out; the API turns these into 4xx replies."""
+    """An action request the service cannot carry out; the API turns these into error replies
+    (4xx; ``ActuatorUnavailable`` 503)."""
 
 
 class ActionNotFound(ActionError):
@@ -81,6 +85,11 @@ class ActionConflict(ActionError):
 
 class ActionForbidden(ActionError):
     """The caller may not take this step (role too low, or the four-eyes rule)."""
+
+
+class ActuatorUnavailable(ActionError):
+    """The actuator did not take the step (the control topic did not take the message, the
+    controller could not be reached); nothing was changed or recorded, it may be tried again."""
 
 
 @dataclass(frozen=True)
@@ -240,10 +249,7 @@ class ActionService:
         intersection_id = target.get("intersection_id") if draft.kind == "signal_timing" else None
         with self._connect() as conn:
             if isinstance(intersection_id, str):  # one proposal at a time per intersection
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                    ("cityos.actions:" + intersection_id,),
-                )
+                _lock_intersection(conn, intersection_id)
             assessment = self._assess(conn, draft.kind, target, params)
             problem = assessment.problem
             action = Action(
@@ -289,7 +295,7 @@ class ActionService:
         self.expire_due()
         now = self._clock()
         with self._connect() as conn:
-            action = self._load(conn, action_id, for_update=True)
+            action = self._load_locked(conn, action_id)
             if action.status != "proposed":
                 raise ActionConflict(
                     f"action {action_id} is {action.status}; only a proposed action can be approved"
@@ -326,12 +332,13 @@ class ActionService:
         """Restore the green in force before an applied signal change.
 
         Only the latest change of its phase can be rolled back (the phase must still run the
-        green it set), and one rollback at a time. A synchronous actuator confirms at once
-        (``rolled_back``); through ``KafkaActuator`` the action stays ``applied`` until the
-        controller confirms the rollback."""
+        green it set), not while another change of the intersection is approved or sent (it
+        would take effect first and the rollback would undo it), and one rollback at a time. A
+        synchronous actuator confirms at once (``rolled_back``); through ``KafkaActuator`` the
+        action stays ``applied`` until the controller confirms the rollback."""
         self._require_operator(principal, "roll back")
         with self._connect() as conn:
-            action = self._load(conn, action_id, for_update=True)
+            action = self._load_locked(conn, action_id)
             if action.kind != "signal_timing" or action.status != "applied":
                 raise ActionConflict(
                     f"action {action_id} is a {action.status} {action.kind} action; only an "
@@ -339,6 +346,19 @@ class ActionService:
                 )
             if self._actuator is None:
                 raise ActionConflict("no actuator is configured, so no controller can be changed")
+            newer = _one(  # the intersection's lock keeps another approval out meanwhile
+                conn,
+                "SELECT action_id, status FROM actions WHERE intersection_id = %s"
+                " AND status IN ('approved', 'sent') AND action_id <> %s",
+                (action.intersection_id, action_id),
+            )
+            if newer is not None:
+                raise ActionConflict(
+                    f"action {newer['action_id']} ({newer['status']}) is pending at "
+                    f"{action.intersection_id}: the controller applies it first and the rollback "
+                    f"of {action_id} would undo it; wait until it is applied (and roll it back "
+                    "first) or reject it"
+                )
             phase_index, green_s = action.params["phase_index"], float(action.params["green_s"])
             trail = _all(
                 conn,
@@ -346,7 +366,10 @@ class ActionService:
                 " ORDER BY audit_id",
                 (action_id,),
             )
-            applied = next((s for s in reversed(trail) if s["step"] == "apply"), None)
+            applied = next(  # the step that applied it (a confirmed rollback is 'rollback')
+                (s for s in reversed(trail) if (s["step"], s["status_after"]) == APPLIED_STEP),
+                None,
+            )
             previous = (applied or {}).get("before") or {}
             if _number(previous.get("green_s")) is None:
                 raise ActionConflict(f"action {action_id} has no recorded green before it")
@@ -371,7 +394,9 @@ class ActionService:
                 confirmed = self._actuator.rollback(action, before_s)
             except Exception as err:
                 log.exception("actuator failed to roll back action %s", action_id)
-                raise ActionError(f"the actuator failed: {err}") from err
+                raise ActuatorUnavailable(
+                    f"the rollback of action {action_id} was not sent, nothing changed: {err}"
+                ) from err
             if confirmed is None:
                 note = f"rollback to {_seconds(before_s)} sent to the controller"
                 self._audit(conn, action, "rollback", principal, action.status, before, after, note)
@@ -761,6 +786,16 @@ class ActionService:
             raise ActionNotFound(action_id)
         return action
 
+    def _load_locked(self, conn: psycopg.Connection, action_id: str) -> Action:
+        """The action with its row locked, after the lock of its intersection (as ``propose``
+        takes it): approvals and rollbacks at one intersection take turns."""
+        row = _one(conn, "SELECT intersection_id FROM actions WHERE action_id = %s", (action_id,))
+        if row is None:
+            raise ActionNotFound(action_id)
+        if row["intersection_id"] is not None:
+            _lock_intersection(conn, row["intersection_id"])
+        return self._load(conn, action_id, for_update=True)
+
     def _insert(self, conn: psycopg.Connection, action: Action) -> None:
         conn.execute(
             "INSERT INTO actions (action_id, kind, status, target, params, reason, summary,"
@@ -826,6 +861,14 @@ class ActionService:
                 note,
             ),
         )
+
+
+def _lock_intersection(conn: psycopg.Connection, intersection_id: str) -> None:
+    """The intersection's advisory lock, held until the transaction ends."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        ("cityos.actions:" + intersection_id,),
+    )
 
 
 def _alert_state(row: dict[str, Any]) -> dict[str, Any]:

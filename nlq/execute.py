@@ -209,9 +209,13 @@ class JdbcTarget:
 
     @classmethod
     def from_url(cls, database_url: str, application_name: str) -> JdbcTarget:
+        """Every transaction of these connections is read-only, enforced by PostgreSQL: a second
+        barrier behind the parser-level guard, since the service's role may write."""
         parts = urlsplit(database_url)
         params = dict(parse_qsl(parts.query))
         params["ApplicationName"] = application_name
+        options = params.get("options", "")
+        params["options"] = f"{options} -c default_transaction_read_only=on".strip()
         host = parts.hostname or "localhost"
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"

@@ -49,6 +49,7 @@ from cityos.nlq.actions import (
     ActionNotFound,
     ActionService,
     Actuator,
+    ActuatorUnavailable,
 )
 from cityos.nlq.audit import AskRecord, iso_utc, recent_questions, record_ask
 from cityos.nlq.auth import (
@@ -85,6 +86,8 @@ ERROR_STATUS: list[tuple[type[NLQError], int]] = [  # the first that matches, so
     (TokenNotFound, status.HTTP_404_NOT_FOUND),
     (TokenNameTaken, status.HTTP_409_CONFLICT),
     (TokenError, status.HTTP_400_BAD_REQUEST),
+    (ActuatorUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE),  # the control topic took nothing
+    (ActionError, status.HTTP_400_BAD_REQUEST),
 ]
 
 
@@ -253,7 +256,10 @@ def read_ask(payload: Any, max_chars: int, now: datetime) -> AskInput | Refusal:
         return _unreadable("as_of is not an ISO-8601 time, e.g. 2016-12-19T07:55:00Z")
     if instant.tzinfo is None:
         return _unreadable("as_of needs a time zone, e.g. 2016-12-19T07:55:00Z")
-    return AskInput(question, instant.astimezone(UTC))
+    try:
+        return AskInput(question, instant.astimezone(UTC))
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC time
+        return _unreadable("as_of is outside the range of times the service can read")
 
 
 def _is_binary(char: str) -> bool:
@@ -277,7 +283,7 @@ async def _json_body(request: Request) -> Any:
         raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "request body too large")
     try:
         return json.loads(raw)
-    except ValueError as err:  # also UnicodeDecodeError
+    except (ValueError, RecursionError) as err:  # also UnicodeDecodeError; [[[[… nested deep
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the request body is not JSON") from err
 
 
@@ -579,8 +585,23 @@ def create_app(
         return Response(body, media_type=content_type)
 
     def _refused(_: Request, err: Exception) -> JSONResponse:
-        code = next(code for kind, code in ERROR_STATUS if isinstance(err, kind))
+        code = next(
+            (code for kind, code in ERROR_STATUS if isinstance(err, kind)),
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
         return JSONResponse({"detail": str(err)}, status_code=code)
+
+    @app.middleware("http")
+    async def _readable_path(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        """A path or query parameter with a NUL or other control character gets 400: they
+        cannot be an id, a name or a status, and PostgreSQL rejects NUL in text."""
+        parts = [request.scope.get("path", ""), *request.query_params.values()]
+        if any(_is_binary(char) for part in parts for char in part):
+            return JSONResponse(
+                {"detail": "the path or a query parameter contains control characters"},
+                status_code=status.HTTP_400_BAD_REQUEST,
+            )
+        return await call_next(request)
 
     app.add_exception_handler(ActionError, _refused)
     app.add_exception_handler(TokenError, _refused)

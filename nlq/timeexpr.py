@@ -34,7 +34,7 @@ from cityos.nlq.errors import TimeExpressionError
 class RangeKind(StrEnum):
     """How a range selects windows; the compiler has one predicate per kind."""
 
-    LATEST = "latest"  # the latest window with window_end <= end (start == end == as_of)
+    LATEST = "latest"  # the latest window with window_end <= end (start == end: as_of or before)
     SPAN = "span"  # windows wholly inside: window_start >= start AND window_end <= end
     DAY = "day"  # whole local day(s): window_start >= start AND window_start < end
     AT = "at"  # the one window starting at start (end == start)
@@ -112,6 +112,11 @@ _TIME_STRICT = rf"(\d{{1,2}})(?::(\d{{2}})\s*{_MERIDIEM}?|\s*{_MERIDIEM})|(noon|
 _NUMBER = r"(\d+|" + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True)) + ")"
 
 
+def _count(word: str) -> int:
+    """A count written in digits or as a word ("two", "an")."""
+    return NUMBER_WORDS.get(word) or int(word)
+
+
 def _hour(
     hour: str | None, minute: str | None, meridiem: str | None, word: str | None, afternoon: bool
 ) -> tuple[int, int]:
@@ -134,6 +139,15 @@ def _hour(
 
 def _yesterday(m: re.Match[str], ctx: _Context) -> date:
     return ctx.today - timedelta(days=1)
+
+
+def _day_before_yesterday(m: re.Match[str], ctx: _Context) -> date:
+    return ctx.today - timedelta(days=2)
+
+
+def _days_ago(m: re.Match[str], ctx: _Context) -> date:
+    count = _count(m[1])
+    return ctx.today - timedelta(days=count * (7 if m[2] == "week" else 1))
 
 
 def _today(m: re.Match[str], ctx: _Context) -> date:
@@ -177,6 +191,8 @@ def _checked_date(ctx: _Context, year: int, month: int, day: int, *, explicit_ye
 
 
 DAY_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str], _Context], date]]] = [
+    (re.compile(r"\bday before yesterday\b"), _day_before_yesterday),
+    (re.compile(rf"\b{_NUMBER}\s+(day|week)s?\s+ago\b"), _days_ago),
     (re.compile(r"\b(yesterday|previous day|day before)\b"), _yesterday),
     (re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b"), _iso_date),
     (
@@ -225,9 +241,15 @@ def _last(m: re.Match[str], ctx: _Context) -> TimeRange:
     count_word, unit = m[2], m[3]
     if count_word is None and unit == "day" and m[1] == "previous":
         return _whole_day(ctx, ctx.today - timedelta(days=1), m[0])
-    count = 1 if count_word is None else NUMBER_WORDS.get(count_word) or int(count_word)
+    count = 1 if count_word is None else _count(count_word)
     seconds = 1800 if m[4] else count * UNIT_SECONDS[unit]
     return TimeRange(ctx.as_of - timedelta(seconds=seconds), ctx.as_of, RangeKind.SPAN, m[0])
+
+
+def _ago(m: re.Match[str], ctx: _Context) -> TimeRange:
+    """ "2 hours ago": the latest window ending by then, as "now" is the latest by as_of."""
+    then = ctx.as_of - timedelta(seconds=_count(m[1]) * UNIT_SECONDS[m[2]])
+    return TimeRange(then, then, RangeKind.LATEST, m[0])
 
 
 def _since(m: re.Match[str], ctx: _Context) -> TimeRange:
@@ -259,6 +281,7 @@ CLOCK_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str], _Context], Tim
      _between),
     (re.compile(rf"\b(last|past|previous|preceding)\s+(?:{_NUMBER}\s+)?"
                 r"(?:(minute|min|hour|hr|day|week)s?\b|(half\s+(?:an\s+)?hour))"), _last),
+    (re.compile(rf"\b{_NUMBER}\s+(minute|min|hour|hr)s?\s+ago\b"), _ago),
     (re.compile(rf"\bsince\s+(?:{_TIME})"), _since),
     (re.compile(rf"\bat\s+(?:{_TIME_STRICT})"), _at),
     (re.compile(r"\b(morning|afternoon|evening|tonight|night)\b"), _day_part),

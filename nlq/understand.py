@@ -110,6 +110,9 @@ class Understood:
     notes: list[str] = field(default_factory=list)  # readings chosen on the operator's behalf
 
 
+UNREAD_TIME_OPTIONS = ("now", "yesterday", "in the last 2 hours")
+
+
 @dataclass
 class _Slots:
     question: str
@@ -333,6 +336,11 @@ class Interpreter:
         )
 
     def _time(self, s: _Slots, as_of: datetime, tz: str) -> TimeRange | None:
+        """The time the question names (None: it names none, the caller's default applies).
+
+        Words the model marked as a time that no rule reads, with no other time in the
+        question, get a clarification: answering them as "now" would answer another question.
+        """
         text = s.text("TIME")
         if text:
             try:
@@ -342,7 +350,16 @@ class Interpreter:
         masked = s.question
         for _, a, b in s.all("PLACE"):
             masked = masked[:a] + " " * (b - a) + masked[b:]
-        return extract_time(masked, as_of, tz)
+        found = extract_time(masked, as_of, tz)
+        if found is None and text:
+            _, start, end = s.all("TIME")[0]
+            options = [s.question[:start] + alt + s.question[end:] for alt in UNREAD_TIME_OPTIONS]
+            raise NeedsClarification(
+                f"I cannot read '{text}' as a time. Which time do you mean, for example "
+                "'now', 'yesterday', 'at 18:00' or 'in the last 2 hours'?",
+                options,
+            )
+        return found
 
     def _city_for(self, places: list[Place], sensor_kind: str) -> str:
         cities = {p.city_id for p in places}

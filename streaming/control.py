@@ -7,12 +7,17 @@ The NL-query service publishes every approved signal-timing change to the contro
 1. locks the action's row and checks it still awaits this step (``sent``/``approved`` for an
    apply, ``applied`` for a rollback) and that the message is exactly what was approved;
    anything else is skipped, so a message delivered again after a restart changes nothing;
-2. has the :class:`SignalController` apply it, which reads the plan back from the controller;
-3. in the same PostgreSQL transaction updates ``signal_phases.green_s``, the action (``applied``
-   or ``rolled_back``) and writes an ``action_audit`` row (actor ``actuator:sumo``) with the
-   green before and after; or, when the controller refused, marks the action ``failed`` with
-   the reason and leaves the plan alone;
-4. commits the message's offset only after that transaction committed.
+2. locks the phase's row of ``signal_phases`` (the plan in force): a rollback is refused unless
+   the phase still runs the green its action set (a later change would be undone);
+3. has the :class:`SignalController` apply it, which reads the plan back from the controller;
+4. in the same PostgreSQL transaction updates ``signal_phases.green_s``, the action (``applied``
+   or ``rolled_back``) and writes an ``action_audit`` row (step ``apply`` or ``rollback``, actor
+   ``actuator:sumo``) with the green before (the plan in force the transaction locked, not the
+   controller's read-back: a change set again after its record failed still records the green
+   it replaced) and after; or, when the controller refused, marks the action ``failed`` (a
+   refused rollback leaves it ``applied``) with the reason and leaves the plan alone;
+5. commits the message's offset only after that transaction committed; when the database
+   failed, the message is read and applied again (setting an absolute green twice is harmless).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -95,7 +100,8 @@ class ControlChange:
 
 @dataclass(frozen=True)
 class ConfirmedPlan:
-    """A phase's green as read back from the controller before and after a change."""
+    """A phase's green as read back from the controller before and after a change (the loop
+    records the plan in force as the green before)."""
 
     intersection_id: str
     phase_index: int
@@ -323,10 +329,19 @@ class ControlLoop:
                 )
                 self.stats.skipped += 1
                 return "skipped"
-            mismatch = self._mismatch(conn, change, action)
+            in_force = _one(  # the plan in force, locked until the change is recorded
+                conn,
+                "SELECT green_s FROM signal_phases WHERE intersection_id = %s"
+                " AND phase_index = %s FOR UPDATE",
+                (change.intersection_id, change.phase_index),
+            )
+            mismatch = self._mismatch(conn, change, action, in_force)
             if mismatch is None:
-                try:
-                    plan = self.controller.apply(change)
+                assert in_force is not None
+                try:  # the green before is the recorded one, whatever the controller runs now
+                    plan = replace(
+                        self.controller.apply(change), green_before_s=in_force["green_s"]
+                    )
                 except ControlError as err:
                     mismatch = str(err)
             if mismatch is not None:
@@ -345,9 +360,14 @@ class ControlLoop:
         return STATUS_AFTER[change.kind]
 
     def _mismatch(
-        self, conn: psycopg.Connection, change: ControlChange, action: dict[str, Any]
+        self,
+        conn: psycopg.Connection,
+        change: ControlChange,
+        action: dict[str, Any],
+        in_force: dict[str, Any] | None,
     ) -> str | None:
-        """Why the message is not the approved change (or its rollback), or None."""
+        """Why the message is not the approved change (or its rollback), or why it must not be
+        carried out now; None when it may."""
         params = action["params"]
         where = (action["intersection_id"], params.get("phase_index"))
         if action["kind"] != "signal_timing" or where != (
@@ -361,12 +381,23 @@ class ControlLoop:
             applied = _one(
                 conn,
                 "SELECT before FROM action_audit WHERE action_id = %s AND step = 'apply'"
-                " ORDER BY audit_id DESC LIMIT 1",
+                " AND status_after = 'applied' ORDER BY audit_id DESC LIMIT 1",
                 (change.action_id,),
             )
             expected = ((applied or {}).get("before") or {}).get("green_s")
         if expected is None or float(expected) != change.green_s:
             return f"the message's green {change.green_s:g} s is not the one of {change.action_id}"
+        if in_force is None:
+            return (
+                f"{change.intersection_id} phase {change.phase_index} is not in the plan in force"
+            )
+        set_s = params.get("green_s")  # a rollback: the phase must still run what it set
+        if change.kind == "rollback" and (set_s is None or in_force["green_s"] != float(set_s)):
+            return (
+                f"{change.intersection_id} phase {change.phase_index} runs "
+                f"{in_force['green_s']:g} s, not the {set_s} s {change.action_id} set: a later "
+                "change stands, and restoring would undo it"
+            )
         return None
 
     def _record(
@@ -388,7 +419,7 @@ class ControlLoop:
             " note = %s WHERE action_id = %s",
             (status_after, change.kind == "apply", now, note, change.action_id),
         )
-        self._audit(conn, change, "apply", now, status, status_after, plan, note)
+        self._audit(conn, change, change.kind, now, status, status_after, plan, note)
         if change.kind == "apply":
             self.stats.applied += 1
         else:

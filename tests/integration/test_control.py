@@ -8,12 +8,13 @@ The serving tables hold the cologne8 twin's own registration (``register_twin``,
 from __future__ import annotations
 
 import time
+import uuid
 
 import libsumo
 import pytest
 
 from cityos.db import connect
-from cityos.nlq.actions import ActionConflict, ActionService
+from cityos.nlq.actions import ActionConflict, ActionService, ActuatorUnavailable
 from cityos.nlq.actuator import KafkaActuator
 from cityos.settings import SHARED_DIR
 from cityos.streaming.control import ControlChange, ControlLoop, SumoController
@@ -146,7 +147,10 @@ def test_an_approved_change_reaches_sumo_and_a_rollback_restores_it_exactly(
     assert rolled.status == "rolled_back"
     assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
     assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
-    assert [step for step, *_ in trail(service, proposed.action_id)][-2:] == ["rollback", "apply"]
+    assert trail(service, proposed.action_id)[-2:] == [  # requested, then confirmed
+        ("rollback", "alice", "applied"),
+        ("rollback", "actuator:sumo", "rolled_back"),
+    ]
     last = service.audit_trail(proposed.action_id)[-1]
     assert (last["actor"], last["status_before"], last["status_after"]) == (
         "actuator:sumo",
@@ -292,3 +296,119 @@ def test_a_restarted_twin_runs_the_plan_in_force(
             (p.intersection_id, p.phase_index, p.green_before_s, p.green_after_s) for p in restored
         ] == [(NEUSSER_WILHELM, 0, 78.0, 60.0)]
         assert sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0
+
+
+def poll_until(sim, loop, done, what):
+    """Step the twin, polling the control topic between steps, until ``done()``."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        sim.step()
+        loop.poll()
+        if done():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{what}: not within {DEADLINE_S} s")
+
+
+def applied_then_another_sent(sim, loop, service, people):
+    """A change applied (phase 0: 78 -> 60 s), then a newer one (-> 70 s) sent, not yet handled."""
+    first = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    service.approve(first.action_id, people["bob"])
+    run_until(sim, loop, service, first.action_id, ("applied",))
+    second = service.propose(signal_draft(NEUSSER_WILHELM, 0, 70), people["bob"])
+    assert service.approve(second.action_id, people["alice"]).status == "sent"
+    return first, second
+
+
+def test_no_rollback_while_a_newer_change_of_the_intersection_is_in_flight(
+    sim, loop, service, people, database_url, pg_schema
+):
+    first, second = applied_then_another_sent(sim, loop, service, people)
+    # the phase still runs the first change's 60 s, but the second is on its way: refused
+    with pytest.raises(ActionConflict, match=f"{second.action_id} \\(sent\\) is pending"):
+        service.rollback(first.action_id, people["alice"])
+    assert trail(service, first.action_id)[-1] == ("apply", "actuator:sumo", "applied")
+    run_until(sim, loop, service, second.action_id, ("applied",))
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 70.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 70.0
+
+
+def test_the_controller_refuses_a_rollback_that_would_undo_a_newer_change(
+    sim, loop, service, actuator, people, database_url, pg_schema
+):
+    first, second = applied_then_another_sent(sim, loop, service, people)
+    # a rollback of the first behind the second on the topic all the same (as a service without
+    # the check above would send it): the controller applies the second, then refuses it
+    actuator.send(ControlChange(first.action_id, NEUSSER_WILHELM, 0, 78.0, "rollback"))
+    poll_until(
+        sim, loop, lambda: loop.stats.failed + loop.stats.rolled_back == 1, "the rollback handled"
+    )
+    assert (loop.stats.applied, loop.stats.rolled_back, loop.stats.failed) == (2, 0, 1)
+    assert service.get(second.action_id).status == "applied"
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 70.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 70.0
+    kept = service.get(first.action_id)
+    assert kept.status == "applied" and "a later change stands" in (kept.note or "")
+    assert trail(service, first.action_id)[-1] == ("fail", "actuator:sumo", "applied")
+
+
+def test_a_change_applied_again_after_a_database_error_records_the_green_it_replaced(
+    sim, loop, service, people, database_url, pg_schema
+):
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
+    # the database drops the controller's connection when it records the change: SUMO already
+    # runs it, the record is lost and the message is read and applied again
+    with connect(database_url, pg_schema, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION drop_connection() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5);"
+            " RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER drop_connection BEFORE INSERT ON action_audit FOR EACH ROW"
+            " WHEN (NEW.actor = 'actuator:sumo') EXECUTE FUNCTION drop_connection()"
+        )
+    try:
+        poll_until(
+            sim, loop, lambda: sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0, "SUMO runs the change"
+        )
+        assert service.get(proposed.action_id).status == "sent"
+        assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
+    finally:
+        with connect(database_url, pg_schema, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER drop_connection ON action_audit")
+
+    applied = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert applied.status == "applied", applied.note
+    confirmed = service.audit_trail(proposed.action_id)[-1]
+    assert confirmed["step"] == "apply"
+    assert confirmed["before"] == {"phase_index": 0, "green_s": 78.0}  # not SUMO's 60 s by then
+    service.rollback(proposed.action_id, people["alice"])
+    run_until(sim, loop, service, proposed.action_id, ("rolled_back",))
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
+
+
+def test_a_rollback_the_control_topic_does_not_take_raises_actuator_unavailable(
+    sim, loop, service, control_settings, people, database_url, pg_schema
+):
+    from kafka import KafkaProducer
+
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    service.approve(proposed.action_id, people["bob"])
+    run_until(sim, loop, service, proposed.action_id, ("applied",))
+    # the broker is up, but it has no such topic (nor creates one): the send times out
+    producer = KafkaProducer(bootstrap_servers=control_settings.kafka_bootstrap, max_block_ms=1000)
+    missing = KafkaActuator(
+        control_settings.kafka_bootstrap, f"t{uuid.uuid4().hex[:8]}.missing", producer
+    )
+    cut_off = ActionService(lambda: connect(database_url, pg_schema), control_settings, missing)
+    try:
+        with pytest.raises(ActuatorUnavailable, match="was not sent, nothing changed"):
+            cut_off.rollback(proposed.action_id, people["alice"])
+    finally:
+        missing.close()
+    assert trail(service, proposed.action_id)[-1] == ("apply", "actuator:sumo", "applied")
+    rolling = service.rollback(proposed.action_id, people["alice"])  # nothing stands in its way
+    assert rolling.status == "applied" and "rollback to 78 s sent" in (rolling.note or "")

@@ -283,6 +283,20 @@ def test_spark_failure_is_an_nlq_error(spark_executor: SparkExecutor) -> None:
 
 
 @pytest.mark.integration
+def test_the_jdbc_connections_cannot_write_even_past_the_guard(
+    spark_executor: SparkExecutor, nlq_database_url: str
+) -> None:
+    """Spark SQL run straight on the session (no guard) still cannot change a serving table:
+    PostgreSQL holds the catalog's connections read-only."""
+    table = f"{spark_executor._catalog}.`{spark_executor._schema}`.cities"
+    with pytest.raises(Exception, match="read-only transaction"):
+        spark_executor.spark.sql(
+            f"INSERT INTO {table} VALUES ('x', 'X', 'X', 'UTC', 'eu_eaqi')"  # noqa: S608
+        ).collect()
+    assert gold_rows(nlq_database_url, "SELECT count(*) FROM cities") == [(2,)]
+
+
+@pytest.mark.integration
 def test_timeout_cancels_spark_and_the_session_still_answers(
     spark_executor: SparkExecutor,
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from cityos.nlq import actions as actions_module
 from cityos.nlq import service as service_module
 from cityos.nlq.errors import SQLValidationError
 from cityos.nlq.reply import Answer, Refusal
@@ -61,6 +62,10 @@ BAD_BODIES = [
     pytest.param({"question": "speed?", "as_of": "2016-12-19T07:55:00"}, id="as_of naive"),
     pytest.param({"question": "speed?", "as_of": 1482134100}, id="as_of number"),
     pytest.param({"question": "speed?", "as_of": "2016-13-45T99:00:00Z"}, id="as_of impossible"),
+    pytest.param({"question": "speed?", "as_of": "0001-01-01T00:00:00+01:00"}, id="as_of before 1"),
+    pytest.param(
+        {"question": "speed?", "as_of": "9999-12-31T23:59:59-01:00"}, id="as_of after 9999"
+    ),
     pytest.param([], id="array"),
     pytest.param("How busy is Nippes?", id="bare string"),
     pytest.param(7, id="bare number"),
@@ -136,13 +141,50 @@ def test_a_lone_surrogate_is_refused_and_still_audited(client, tokens, database_
 
 
 @pytest.mark.parametrize(
-    "raw", [b"How busy is Nippes?", b"{'question': 1}", b"\xff\xfe\x00\x01binary", b""]
+    "raw",
+    [b"How busy is Nippes?", b"{'question': 1}", b"\xff\xfe\x00\x01binary", b"", b"[" * 100_000],
+    ids=["text", "python dict", "binary", "empty", "nested 100,000 deep"],
 )
 def test_a_body_that_is_not_json_gets_400_with_a_json_error(client, tokens, raw):
     headers = {**tokens.header("viewer", "vera"), "Content-Type": "application/json"}
     reply = client.post("/api/v1/ask", content=raw, headers=headers)
     assert reply.status_code == 400
     assert reply.json() == {"detail": "the request body is not JSON"}
+
+
+def test_every_action_error_has_a_status_and_an_unreachable_controller_is_503() -> None:
+    """Each ActionError the service can raise maps to its reply (the handler had none for the
+    base class, and answered a failed rollback send with a 500)."""
+    kinds = [actions_module.ActionError, *actions_module.ActionError.__subclasses__()]
+
+    def code(kind: type) -> int:
+        return next(c for k, c in service_module.ERROR_STATUS if issubclass(kind, k))
+
+    assert {kind.__name__: code(kind) for kind in kinds} == {
+        "ActionError": 400,
+        "ActionNotFound": 404,
+        "ActionConflict": 409,
+        "ActionForbidden": 403,
+        "ActuatorUnavailable": 503,
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "role"),
+    [
+        ("GET", "/api/v1/actions?status=%00", "operator"),
+        ("GET", "/api/v1/actions/act_%00", "operator"),
+        ("POST", "/api/v1/actions/act_%01/approve", "operator"),
+        ("GET", "/api/v1/geo?zone_id=nippes%00", "viewer"),
+        ("DELETE", "/api/v1/tokens/%00", "admin"),
+    ],
+)
+def test_a_control_character_in_the_path_or_a_parameter_gets_400_not_500(
+    client, tokens, method, path, role
+):
+    reply = client.request(method, path, headers=tokens.header(role, "rita"))
+    assert reply.status_code == 400, reply.text
+    assert "control characters" in reply.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from cityos.nlq.compile import build
 from cityos.nlq.model import Prediction
 from cityos.nlq.plan import Aggregation, GroupBy, ScopeKind
 from cityos.nlq.reply import ActionDraft, Clarification, Refusal
+from cityos.nlq.timeexpr import RangeKind
 from cityos.nlq.understand import Interpreter
 
 pytestmark = pytest.mark.integration
@@ -59,6 +60,40 @@ def test_a_name_that_is_a_district_and_a_subdistrict_asks_back(interpreter: Inte
     assert len(got.reply.options) == 2
     assert any("district" in o for o in got.reply.options)
     assert any("sub-district" in o for o in got.reply.options)
+
+
+def test_a_time_no_rule_reads_asks_back_instead_of_answering_now(
+    interpreter: Interpreter,
+) -> None:
+    q = "What was the average speed in the Nippes district a fortnight back?"
+    got = interpreter.interpret(
+        q,
+        pred(
+            q,
+            "aggregate",
+            ("METRIC", "average speed"),
+            ("PLACE", "Nippes"),
+            ("TIME", "a fortnight back"),
+        ),
+        AS_OF,  # fmt: skip
+    )
+    assert isinstance(got.reply, Clarification), got
+    assert "a fortnight back" in got.reply.answer
+    assert got.reply.options[1] == "What was the average speed in the Nippes district yesterday?"
+
+
+def test_days_ago_is_that_day_not_now(interpreter: Interpreter) -> None:
+    q = "What was the average speed in the Nippes district 2 days ago?"
+    got = interpreter.interpret(
+        q,
+        pred(
+            q, "aggregate", ("METRIC", "average speed"), ("PLACE", "Nippes"), ("TIME", "2 days ago")
+        ),
+        AS_OF,  # fmt: skip
+    )
+    assert got.plan is not None and got.plan.time is not None
+    assert got.plan.time.kind is RangeKind.DAY
+    assert (AS_OF - got.plan.time.start).days == 2
 
 
 def test_the_level_word_settles_it(interpreter: Interpreter) -> None:
