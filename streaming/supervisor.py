@@ -13,13 +13,17 @@ double-counts events. A run that lasted ``healthy_after_s`` resets the back-off.
 When ``max_failures`` failures fall within ``window_s``, it raises one alert per city (contract
 ``alerts``, kind ``manual``, severity ``critical``, metric ``pipeline_failures``) with the
 transition queued in ``alert_outbox`` and published to the alerts topic when the broker answers;
-the notifier takes it from there. The alert resolves once a restart has run ``healthy_after_s``.
-It keeps restarting meanwhile: an operator who fixes the cause sees the pipeline come back.
+the notifier takes it from there. Once a run has lasted ``healthy_after_s``, every open pipeline
+alert in the database resolves, also one raised before this supervisor started (a restart of the
+supervisor itself); when PostgreSQL does not answer then, it tries again with the back-off for as
+long as the run lasts. It keeps restarting meanwhile: an operator who fixes the cause sees the
+pipeline come back.
 
 Why not a rule in ``rules.toml``: the engine's observations need a subject (a sensor, zone or
 intersection) and its persistence counts observations per subject; a pipeline failure has no such
 subject and its persistence is "N failures in a window", counted here. The alert still goes
-through the engine's ``record`` (outbox) so it reaches Kafka and the notifier like any other.
+through the engine's ``record`` (outbox), and is resolved by its ``resolve_open``, so its
+transitions reach Kafka and the notifier like any other.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any
 import psycopg
 
 from cityos import metrics
-from cityos.alerting.engine import OPEN, record
+from cityos.alerting.engine import OPEN, record, resolve_open
 from cityos.alerting.events import ALERT_COLUMNS, Alert, AlertEvent
 from cityos.db import connect
 from cityos.settings import Settings
@@ -113,7 +117,7 @@ class Supervisor:
         self.failures: deque[Failure] = deque()
         self.in_a_row = 0
         self.restarts = 0
-        self.alert_ids: list[str] = []  # open alerts raised by this supervisor
+        self.alert_ids: list[str] = []  # the open pipeline alerts, as last raised (a cache)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Supervisor:
@@ -134,16 +138,16 @@ class Supervisor:
         """Until ``stop`` is set (or ``max_restarts`` is used up: the last error is raised)."""
         while not self.stop.is_set():
             began = self._clock()
-            healthy = threading.Timer(self.healthy_after_s, self._healthy)
-            healthy.daemon = True
-            healthy.start()
+            ended = threading.Event()  # this run's end, for its watch
+            watch = threading.Thread(target=self._watch, args=(ended,), daemon=True)
+            watch.start()
             error: BaseException | None = None
             try:
                 self._run(self.settings, until="stopped", stop_event=self.stop)
             except Exception as err:  # noqa: BLE001 - any failure is the supervisor's to handle
                 error = err
             finally:
-                healthy.cancel()
+                ended.set()
             if self.stop.is_set():
                 log.info("pipeline stopped on request")
                 return
@@ -184,16 +188,30 @@ class Supervisor:
         if len(self.failures) >= self.max_failures and not self.alert_ids:
             self._alert(error)
 
-    def _healthy(self) -> None:
-        """The current run has lasted ``healthy_after_s``: back-off over, alert resolved."""
+    def _watch(self, ended: threading.Event) -> None:
+        """A run's watch: once it has lasted ``healthy_after_s``, the back-off is over and the
+        open pipeline alerts resolve, tried again with the back-off until they are (or it ends)."""
+        if ended.wait(self.healthy_after_s):
+            return
         log.info("pipeline healthy for %.0f s", self.healthy_after_s)
         self.in_a_row = 0
-        if self.alert_ids:
+        tries = 0
+        while True:
             try:
-                resolve_pipeline_alerts(self.settings, self.alert_ids)
-                self.alert_ids = []
+                resolve_pipeline_alerts(self.settings)
             except psycopg.Error as err:
-                log.error("pipeline alert not resolved: %s", _first_line(err))
+                tries += 1
+                delay = self.backoff.delay(tries)
+                log.error(
+                    "pipeline alerts not resolved, trying again in %.1f s: %s",
+                    delay,
+                    _first_line(err),
+                )
+                if ended.wait(delay):
+                    return
+            else:
+                self.alert_ids = []
+                return
 
     def _alert(self, error: str) -> None:
         minutes = self.window_s / 60
@@ -268,24 +286,18 @@ def raise_pipeline_alert(
     return ids
 
 
-def resolve_pipeline_alerts(
-    settings: Settings, alert_ids: list[str], now: datetime | None = None
-) -> None:
-    """Resolve the supervisor's open alerts (the pipeline recovered); queued for Kafka."""
+def resolve_pipeline_alerts(settings: Settings, now: datetime | None = None) -> list[str]:
+    """Resolve every open pipeline alert in the database (the pipeline recovered), whichever
+    supervisor raised it; queued for the alerts topic and published. Returns their ids."""
     now = now or datetime.now(UTC)
     url = settings.database_url.get_secret_value()
     with connect(url, settings.database_schema) as conn, conn.transaction(), conn.cursor() as cur:
-        returning = ", ".join(ALERT_COLUMNS)
-        rows = cur.execute(
-            "UPDATE alerts SET status = 'resolved', resolved_at = %s, updated_at = %s"  # noqa: S608
-            f" WHERE alert_id = ANY(%s) AND status = ANY(%s) RETURNING {returning}",
-            (now, now, alert_ids, list(OPEN)),
-        ).fetchall()
-        for row in rows:
-            alert = Alert.from_row(dict(zip(ALERT_COLUMNS, row, strict=True)))
-            record(cur, AlertEvent("resolved", alert, now))
-    log.info("pipeline alerts resolved: %s", ", ".join(alert_ids))
-    _publish(settings)
+        events = resolve_open(cur, f"{ALERT_PREFIX}:", now)
+    ids = [event.alert.alert_id for event in events]
+    if ids:
+        log.info("pipeline alerts resolved: %s", ", ".join(ids))
+        _publish(settings)
+    return ids
 
 
 def _publish(settings: Settings) -> None:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 DictCursor = psycopg.Cursor[dict[str, Any]]  # cursors of a dict_row connection or cursor
 
 OPEN = ("firing", "acknowledged")
+DRAIN_LOCK = "cityos alert_outbox "  # + the schema: the advisory lock of whoever drains it
 _INSERT_ALERT = sql.SQL(
     "INSERT INTO alerts ({}) VALUES ({}) ON CONFLICT (alert_id) DO NOTHING"
 ).format(
@@ -267,6 +268,27 @@ def record_change(cur: psycopg.Cursor[Any], alert_id: str, kind: EventType, at: 
         record(cur, AlertEvent(kind, Alert.from_row(values), at))
 
 
+def resolve_open(cur: psycopg.Cursor[Any], prefix: str, at: datetime) -> list[AlertEvent]:
+    """Resolve every open alert whose id starts with ``prefix``, as the engine resolves one: the
+    row updated and the transition queued for the alerts topic, in the caller's transaction.
+    For alerts raised outside the rules (the supervisor's ``pipeline_failing:``)."""
+    cur.execute(
+        f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts"  # noqa: S608 - names are ours
+        " WHERE starts_with(alert_id, %s) AND status = ANY(%s) ORDER BY alert_id FOR UPDATE",
+        (prefix, list(OPEN)),
+    )
+    rows = cur.fetchall()
+    events = []
+    for row in rows:
+        values = row if isinstance(row, dict) else dict(zip(ALERT_COLUMNS, row, strict=True))
+        event = _update(
+            cur, Alert.from_row(values), "resolved", at, status="resolved", resolved_at=at
+        )
+        record(cur, event)
+        events.append(event)
+    return events
+
+
 def _message(
     rule: Rule, subject: _Subject, value: float, threshold: float, detail: Mapping[str, Any]
 ) -> str:
@@ -365,10 +387,14 @@ def _save_states(cur: DictCursor, states: Iterable[_State]) -> None:
 
 # ----------------------------------------------------------------------------- Kafka
 class OutboxPublisher:
-    """Publishes ``alert_outbox`` to the Kafka ``alerts`` topic, oldest first, keyed by alert.
+    """Publishes ``alert_outbox`` to the Kafka ``alerts`` topic in the order it was queued
+    (``seq``), keyed by alert, so one alert's events reach its partition in order.
 
     Rows are marked published only after the broker acknowledged them; a failure leaves them for
-    the next call (at least once: consumers de-duplicate by ``event_id``).
+    the next call (at least once: consumers de-duplicate by ``event_id``). One publisher drains a
+    schema's outbox at a time (a transaction-level advisory lock): a call that finds another one
+    at work returns 0 and leaves the rows to it, rather than send later events of an alert while
+    the other still holds its earlier ones.
     """
 
     def __init__(self, bootstrap: str, topic: str, timeout_s: float = 15.0) -> None:
@@ -395,8 +421,16 @@ class OutboxPublisher:
             raise RuntimeError(f"the publisher to {self.topic} is closed")
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended(%s || current_schema(), 0))",
+                (DRAIN_LOCK,),
+            )
+            locked = cur.fetchone()
+            if locked is None or not locked[0]:
+                log.debug("another publisher drains the outbox to %s", self.topic)
+                return 0
+            cur.execute(
                 "SELECT event_id, alert_id, payload FROM alert_outbox WHERE published_at IS NULL"
-                " ORDER BY created_at, event_id LIMIT %s FOR UPDATE SKIP LOCKED",
+                " ORDER BY seq LIMIT %s FOR UPDATE",
                 (limit,),
             )
             rows = cur.fetchall()

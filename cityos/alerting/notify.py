@@ -14,11 +14,24 @@ For each message of the topic (its own consumer group, offsets committed by hand
 4. each outcome is upserted into ``alert_deliveries`` as soon as it is known (a ``delivered`` row
    is never overwritten), and the offset is committed only once all of them are there.
 
-A destination whose last delivery failed gets one attempt per event until it answers again, so an
-outage does not slow the stream down by the whole retry budget for every event. When
-``max_event_age_s`` is set, an event whose ``at`` (the time of the observation that caused the
-transition) is older than that when read is recorded as ``skipped`` rather than sent late; off by
-default, since replayed historical data carries old times.
+Nothing is lost to an outage: a delivery that failed in a way that may pass (no answer, refused
+connection, HTTP 5xx/408/425/429, SMTP 4xx) is recorded with ``resend``, and the destination's
+``resend`` rows are sent again, oldest first, before any newer event goes to it. While a
+destination has such rows, every event for it first runs a re-send pass over them; a newer event
+waits behind them (recorded ``failed`` with 0 attempts, ``resend``, "held back") until the pass
+has got them all through, so each alert's events arrive in the order they were read. A pass ends
+at the first failure that may pass (the destination is still down: the rest wait), after
+``resend_batch`` rows or once it has used ``retry.max_elapsed_s``; a refusal for good (HTTP 4xx,
+SMTP 5xx) is final and holds nothing back. ``run()`` also runs a pass every ``resend_interval_s``,
+so a destination that answers again gets its backlog without waiting for the next alert. One
+notifier at a time re-sends a destination's backlog (an advisory lock in PostgreSQL).
+
+A destination whose last delivery failed gets one attempt per event (the oldest of its backlog)
+until it answers again, so an outage does not slow the stream down by the whole retry budget for
+every event; once it answers, the backlog gets the full retry policy. When ``max_event_age_s`` is
+set, an event whose ``at`` (the time of the observation that caused the transition) is older than
+that when read, or when its turn to be re-sent comes, is recorded as ``skipped`` rather than sent
+late; off by default, since replayed historical data carries old times.
 """
 
 from __future__ import annotations
@@ -27,9 +40,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -55,6 +68,8 @@ log = logging.getLogger(__name__)
 CONSUMER_GROUP = "cityos-notifier"
 DEFAULT_EVENTS = ("firing", "resolved")
 Status = Literal["delivered", "failed", "skipped"]
+HELD = "held back behind earlier events not yet delivered to this destination"
+RESEND_LOCK = "cityos alert_deliveries resend "  # + schema + destination: who re-sends its backlog
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,8 @@ class NotifierConfig:
     timeout_s: float = 10.0  # one attempt (HTTP request, SMTP session)
     max_event_age_s: float | None = None  # older events are 'skipped'; None: send any
     group_id: str = CONSUMER_GROUP
+    resend_batch: int = 100  # failed events a re-send pass takes per destination, oldest first
+    resend_interval_s: float = 30.0  # how often run() tries a pass besides those of new events
 
     def __post_init__(self) -> None:
         unknown = set(self.events) - set(EVENT_TYPES)
@@ -111,6 +128,8 @@ class NotifierConfig:
             )
         if self.email_to and self.smtp is None:
             raise ConfigError("CITYOS_NOTIFY_SMTP_HOST", "e-mail recipients are set but no relay")
+        if self.resend_batch < 1 or self.resend_interval_s < 0:
+            raise ValueError(f"invalid re-send bounds in {self}")
 
     @classmethod
     def from_settings(cls, settings: Any) -> NotifierConfig:
@@ -171,6 +190,7 @@ class Delivery:
     last_attempt_at: datetime
     last_error: str | None = None
     delivered_at: datetime | None = None
+    resend: bool = False  # failed in a way that may pass (or held back): to be sent again
 
 
 class Stopped(NotifyError):
@@ -220,7 +240,16 @@ def deliver(
         if stop.wait(wait):
             raise Stopped(f"stopped while retrying {destination.name}")
     log.warning("%s: event %s not delivered: %s", destination.name, event.event_id, reason)
-    return Delivery(event.event_id, destination.name, "failed", attempts, first_at, clock(), reason)
+    return Delivery(
+        event.event_id,
+        destination.name,
+        "failed",
+        attempts,
+        first_at,
+        clock(),
+        reason,
+        resend=error.retryable,
+    )
 
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
@@ -242,21 +271,59 @@ class DeliveryLedger:
             ).fetchall()
         return {row[0] for row in rows}
 
+    def progress(self, event_id: str) -> tuple[set[str], set[str]]:
+        """The destinations that have this event, and those with failed events to send again."""
+        with self._connect() as conn:
+            done = conn.execute(
+                "SELECT destination FROM alert_deliveries"
+                " WHERE event_id = %s AND status = 'delivered'",
+                (event_id,),
+            ).fetchall()
+            behind = _behind(conn)
+        return {row[0] for row in done}, behind
+
+    def behind(self) -> set[str]:
+        """The destinations with failed events to send again."""
+        with self._connect() as conn:
+            return _behind(conn)
+
+    @contextmanager
+    def backlog(self, destination: str, limit: int) -> Iterator[list[AlertEvent] | None]:
+        """The destination's events to send again, oldest first (at most ``limit``), while this
+        notifier holds its re-send lock; None when another one holds it."""
+        with self._connect() as conn:  # the lock lasts the transaction: the whole pass
+            locked = conn.execute(
+                "SELECT pg_try_advisory_xact_lock("
+                " hashtextextended(%s || current_schema() || ' ' || %s, 0))",
+                (RESEND_LOCK, destination),
+            ).fetchone()
+            if locked is None or not locked[0]:
+                yield None
+                return
+            rows = conn.execute(
+                "SELECT event::text FROM alert_deliveries WHERE destination = %s AND resend"
+                " ORDER BY first_attempt_at, event_id LIMIT %s",
+                (destination, limit),
+            ).fetchall()
+            yield [AlertEvent.from_json(row[0]) for row in rows]
+
     def record(self, delivery: Delivery, event: AlertEvent) -> None:
-        """Upsert one outcome; attempts add up over replays and a delivered row stays as it is."""
+        """Upsert one outcome; attempts add up over replays and a delivered row stays as it is
+        (a held-back event keeps its place: first_attempt_at is that of its first record)."""
         with self._connect() as conn:
             conn.execute(
                 """
                 INSERT INTO alert_deliveries AS d (event_id, destination, alert_id, event_type,
                   status, attempts, last_error, first_attempt_at, last_attempt_at, delivered_at,
-                  event)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                  event, resend)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (event_id, destination) DO UPDATE SET
                   status = EXCLUDED.status,
                   attempts = d.attempts + EXCLUDED.attempts,
                   last_error = EXCLUDED.last_error,
                   last_attempt_at = EXCLUDED.last_attempt_at,
-                  delivered_at = EXCLUDED.delivered_at
+                  delivered_at = EXCLUDED.delivered_at,
+                  resend = EXCLUDED.resend
                 WHERE d.status <> 'delivered'
                 """,
                 (
@@ -271,8 +338,14 @@ class DeliveryLedger:
                     delivery.last_attempt_at,
                     delivery.delivered_at,
                     Jsonb(orjson.loads(event.to_json())),
+                    delivery.status == "failed" and delivery.resend,
                 ),
             )
+
+
+def _behind(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute("SELECT DISTINCT destination FROM alert_deliveries WHERE resend")
+    return {row[0] for row in rows.fetchall()}
 
 
 @dataclass
@@ -280,6 +353,7 @@ class NotifyStats:
     delivered: int = 0
     failed: int = 0
     skipped: int = 0  # too old to send
+    held: int = 0  # (event, destination) pairs held back behind earlier undelivered events
     duplicates: int = 0  # (event, destination) pairs already delivered
     ignored: int = 0  # event types not notified
     bad: int = 0  # messages that are not alert events
@@ -309,6 +383,7 @@ class Notifier:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._stop = threading.Event()
         self._failing: set[str] = set()  # destinations whose last delivery failed
+        self._lock = threading.Lock()  # _failing and stats, noted from the delivery threads
         self.stats = NotifyStats()
 
     @classmethod
@@ -324,7 +399,9 @@ class Notifier:
             settings.kafka_bootstrap,
             Topics(settings.topic_prefix).alerts,
             settings.topic_prefix + config.group_id,
-            max_poll_interval_s=config.retry.max_elapsed_s + 2 * config.timeout_s,
+            # between two polls: a re-send pass of run() and one of handle(), each up to about
+            # two deliveries' budget, and the event itself
+            max_poll_interval_s=5 * (config.retry.max_elapsed_s + config.timeout_s),
         )
         ledger = DeliveryLedger(lambda: connect(url, schema))
         return cls(config, ledger, consumer, destinations=destinations)
@@ -346,25 +423,29 @@ class Notifier:
 
     def _note(self, delivery: Delivery) -> None:
         name = delivery.destination
-        if delivery.status == "delivered":
-            self.stats.delivered += 1
-            if name in self._failing:
-                log.info("%s answers again", name)
-                self._failing.discard(name)
-        elif delivery.status == "failed":
-            self.stats.failed += 1
-            if name not in self._failing:
-                log.warning("%s is failing: one attempt per event until it answers", name)
-                self._failing.add(name)
-        else:
-            self.stats.skipped += 1
+        with self._lock:
+            if delivery.status == "delivered":
+                self.stats.delivered += 1
+                if name in self._failing:
+                    log.info("%s answers again", name)
+                    self._failing.discard(name)
+            elif delivery.status == "failed" and delivery.attempts == 0:
+                self.stats.held += 1  # not tried: says nothing of the destination
+            elif delivery.status == "failed":
+                self.stats.failed += 1
+                if name not in self._failing:
+                    log.warning("%s is failing: one attempt per event until it answers", name)
+                    self._failing.add(name)
+            else:
+                self.stats.skipped += 1
 
     def handle(self, event: AlertEvent) -> list[Delivery]:
-        """Deliver one event where it has not arrived yet; the outcomes, each recorded."""
+        """Deliver one event where it has not arrived yet, after the failed events of each such
+        destination (module doc); the outcomes, each recorded, re-sent ones included."""
         if event.type not in self.config.events:
             self.stats.ignored += 1
             return []
-        done = self.ledger.delivered(event.event_id)
+        done, behind = self.ledger.progress(event.event_id)
         pending = [d for d in self.destinations if d.name not in done]
         self.stats.duplicates += len(self.destinations) - len(pending)
         if not pending:
@@ -381,21 +462,82 @@ class Notifier:
             return [self._record(delivery, event) for delivery in skipped]
         outcomes: list[Delivery] = []
         with ThreadPoolExecutor(len(pending), thread_name_prefix="notify") as pool:
-            futures = [
-                pool.submit(deliver, d, event, self._policy(d), rng=self._rng, stop=self._stop)
-                for d in pending
-            ]
+            futures = [pool.submit(self._send, d, event, d.name in behind) for d in pending]
             stopped = None
             for future in as_completed(futures):
                 try:
-                    delivery = future.result()
+                    outcomes += future.result()
                 except Stopped as err:  # the others still get recorded
                     stopped = err
-                else:
-                    outcomes.append(self._record(delivery, event))
         if stopped is not None:
             raise stopped
         return outcomes
+
+    def catch_up(self) -> list[Delivery]:
+        """A re-send pass for every destination with failed events to send again, each in its
+        own thread; the outcomes, each recorded."""
+        behind = self.ledger.behind()
+        todo = [d for d in self.destinations if d.name in behind]
+        if not todo:
+            return []
+        outcomes: list[Delivery] = []
+        with ThreadPoolExecutor(len(todo), thread_name_prefix="notify") as pool:
+            for future in as_completed([pool.submit(self._resend, d) for d in todo]):
+                outcomes += future.result()[0]
+        return outcomes
+
+    def _send(self, destination: Destination, event: AlertEvent, behind: bool) -> list[Delivery]:
+        """``event`` to one destination, after its backlog when it has one; in its own thread."""
+        outcomes: list[Delivery] = []
+        if behind:
+            outcomes, through = self._resend(destination)
+            if any(d.event_id == event.event_id for d in outcomes):
+                return outcomes  # the event was one of them (read again)
+            if not through:  # it waits its turn, behind them
+                now = self._clock()
+                held = Delivery(
+                    event.event_id, destination.name, "failed", 0, now, now, HELD, resend=True
+                )
+                return [*outcomes, self._record(held, event)]
+        policy = self._policy(destination)
+        delivery = deliver(destination, event, policy, rng=self._rng, stop=self._stop)
+        return [*outcomes, self._record(delivery, event)]
+
+    def _resend(self, destination: Destination) -> tuple[list[Delivery], bool]:
+        """Send the destination's failed events again, oldest first; the outcomes, and whether
+        it has none left. Stops at a failure that may pass (still down), after ``resend_batch``
+        events or once the pass has used ``retry.max_elapsed_s``: the rest wait for the next."""
+        outcomes: list[Delivery] = []
+        limit, max_age = self.config.resend_batch, self.config.max_event_age_s
+        started = time.monotonic()
+        with self.ledger.backlog(destination.name, limit + 1) as backlog:
+            if backlog is None:
+                log.info(
+                    "%s: another notifier is sending its failed events again", destination.name
+                )
+                return outcomes, False
+            for event in backlog[:limit]:
+                now = self._clock()
+                age_s = (now - event.at).total_seconds()
+                if max_age is not None and age_s > max_age:
+                    reason = (
+                        f"the event was {age_s / 3600:.1f} h old when re-sent (max {max_age:g} s)"
+                    )
+                    skipped = Delivery(
+                        event.event_id, destination.name, "skipped", 0, now, now, reason
+                    )
+                    outcomes.append(self._record(skipped, event))
+                    continue
+                policy = self._policy(destination)
+                delivery = deliver(destination, event, policy, rng=self._rng, stop=self._stop)
+                outcomes.append(self._record(delivery, event))
+                if delivery.status == "failed" and delivery.resend:
+                    return outcomes, False
+                if time.monotonic() - started > self.config.retry.max_elapsed_s:
+                    return outcomes, False
+            if outcomes:
+                log.info("%s: %d failed events sent again", destination.name, len(outcomes))
+            return outcomes, len(backlog) <= limit
 
     def _record(self, delivery: Delivery, event: AlertEvent) -> Delivery:
         self.ledger.record(delivery, event)
@@ -445,8 +587,18 @@ class Notifier:
             ", ".join(d.name for d in self.destinations) or "nobody",
             "/".join(sorted(self.config.events)),
         )
+        last_pass = float("-inf")  # a pass at once: failed events of before a restart
         while not self._stop.is_set():
             self.poll(timeout_s)
+            if time.monotonic() - last_pass < self.config.resend_interval_s:
+                continue
+            last_pass = time.monotonic()
+            try:
+                self.catch_up()
+            except Stopped:
+                log.info("stopped while sending failed events again: the rest wait")
+            except psycopg.OperationalError as err:
+                log.error("failed events not sent again, the database is away: %s", err)
         return self.stats
 
 

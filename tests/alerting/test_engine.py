@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -282,3 +285,106 @@ def test_transitions_reach_the_alerts_topic_through_the_outbox(
             assert msg.key() == received[-1].alert.alert_id.encode()
     consumer.close()
     assert sorted(e.event_id for e in received) == sorted(e.event_id for e in events)
+
+
+# ----------------------------------------------------------------------------- event order
+def one_alerts_transitions(
+    engine: AlertEngine, url: str, schema: str, *, batch: bool
+) -> list[AlertEvent]:
+    """An AQI alert at Dongsi that fires (160), escalates (230) and resolves (two hours at 100):
+    written in one transaction (one batch of the job), else one per hour."""
+    start = datetime(2013, 12, 1, tzinfo=UTC)
+    hours = [
+        (start + timedelta(hours=n), index, "")
+        for n, index in enumerate((160, 230, 100, 100), start=1)
+    ]
+    if not batch:
+        return observe_hourly(engine, url, schema, hours)
+    with connect(url, schema) as conn:
+        observations = [
+            Observation("aqi", "beijing", index, at, sensor_id=DONGSI, detail={"category": "x"})
+            for at, index, _ in hours
+        ]
+        return engine.observe(conn, observations, now=start)
+
+
+def read_topic(bootstrap: str, topic: str, count: int) -> list[AlertEvent]:
+    """The first ``count`` events of the topic, in the order a consumer gets them."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{topic}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    received: list[AlertEvent] = []
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    while len(received) < count and datetime.now(UTC) < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            received.append(AlertEvent.from_json(msg.value() or b""))
+    consumer.close()
+    return received
+
+
+@pytest.mark.integration
+def test_an_alerts_transitions_of_one_batch_reach_the_topic_in_order(
+    settings, database_url: str, beijing: str
+) -> None:
+    from cityos.topics import Topics
+
+    events = one_alerts_transitions(AlertEngine(load_rules()), database_url, beijing, batch=True)
+    assert [e.type for e in events] == ["firing", "updated", "resolved"]
+    topic = Topics(settings.topic_prefix).alerts
+    publisher = OutboxPublisher(settings.kafka_bootstrap, topic)
+    with connect(database_url, beijing) as conn:
+        assert publisher.publish_pending(conn) == 3
+    publisher.close()
+    # one transaction, one created_at: "resolved" used to sort before "updated" (event_id text)
+    received = read_topic(settings.kafka_bootstrap, topic, 3)
+    assert [e.event_id for e in received] == [e.event_id for e in events]
+
+
+@pytest.mark.integration
+def test_a_second_publisher_never_overtakes_one_still_sending(
+    settings, database_url: str, beijing: str
+) -> None:
+    """One publisher holds the alert's firing event, its broker not answering; another one
+    called meanwhile must not send the alert's later events ahead of it."""
+    from cityos.topics import Topics
+
+    events = one_alerts_transitions(AlertEngine(load_rules()), database_url, beijing, batch=False)
+    assert [e.type for e in events] == ["firing", "updated", "resolved"]
+    topic = Topics(settings.topic_prefix).alerts
+    stuck = OutboxPublisher("127.0.0.1:9", topic, timeout_s=3.0)  # nothing listens there
+    name = f"stuck-{uuid.uuid4().hex[:8]}"
+
+    def publish_into_the_void() -> None:
+        with connect(database_url, beijing, application_name=name) as conn:
+            stuck.publish_pending(conn, limit=1)  # the firing event: never acknowledged
+
+    first = threading.Thread(target=publish_into_the_void)
+    first.start()
+    with connect(database_url, beijing, autocommit=True) as watch:
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while datetime.now(UTC) < deadline:  # until it holds its row and waits for the broker
+            state = watch.execute(
+                "SELECT state, query FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+            if state and state[0] == "idle in transaction" and "FROM alert_outbox" in state[1]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the first publisher never took its row")
+    second = OutboxPublisher(settings.kafka_bootstrap, topic)
+    with connect(database_url, beijing) as conn:
+        assert second.publish_pending(conn) == 0  # it leaves the outbox to the one at work
+        first.join(30)
+        assert second.publish_pending(conn) == 3  # and drains it, in order, once that one is done
+    second.close()
+    stuck.close()
+    received = read_topic(settings.kafka_bootstrap, topic, 3)
+    assert [e.event_id for e in received] == [e.event_id for e in events]

@@ -438,6 +438,11 @@ def test_a_dead_destination_holds_up_no_other_and_each_outcome_is_recorded(
         name: d.status for name, d in outcomes.items()
     }
     assert rows[(event.event_id, slow)]["last_error"] == outcomes[slow].last_error
+    # no answer may pass: sent again later; a 404 is a refusal for good: not sent again
+    assert (rows[(event.event_id, slow)]["resend"], rows[(event.event_id, gone)]["resend"]) == (
+        True,
+        False,
+    )
     assert rows[(event.event_id, mail)]["delivered_at"] is not None
     assert rows[(event.event_id, mail)]["event"]["alert"]["alert_id"] == event.alert.alert_id
     assert len(smtp_server.messages()) == 1
@@ -451,6 +456,47 @@ def test_a_dead_destination_holds_up_no_other_and_each_outcome_is_recorded(
     assert rows[(event.event_id, flaky)]["attempts"] == 2  # delivered: left as it was
     assert len(receiver.got("/flaky/1")) == 2
     assert len(smtp_server.messages()) == 1
+    notifier.close()
+
+
+@pytest.mark.integration
+def test_a_destination_down_for_a_while_gets_every_event_in_order_once_it_answers(
+    receiver: Receiver, database_url: str, pg_schema: str
+) -> None:
+    config = NotifierConfig(webhooks=(f"{receiver.url}/flaky/6",), retry=FAST)  # 6 x 503
+    notifier = Notifier(config, ledger(database_url, pg_schema))
+    [hook] = (d.name for d in notifier.destinations)
+    alert_a = f"alr_{uuid.uuid4().hex[:12]}"
+    firing_a, resolved_a = make_event("firing", alert_a), make_event("resolved", alert_a)
+    firing_b, firing_c = make_event("firing", severity="warning"), make_event("firing")
+
+    [failed] = notifier.handle(firing_a)  # the outage begins: the whole retry budget, 4 x 503
+    assert (failed.status, failed.attempts) == ("failed", 4)
+    # while it is down, an event tries the oldest waiting one once and waits behind it
+    assert [(d.event_id, d.status, d.attempts) for d in notifier.handle(firing_b)] == [
+        (firing_a.event_id, "failed", 1),
+        (firing_b.event_id, "failed", 0),
+    ]
+    assert [d.attempts for d in notifier.handle(resolved_a)] == [1, 0]  # the 6th 503
+    assert (notifier.stats.failed, notifier.stats.held) == (3, 2)
+    # it answers again: the next event brings the backlog first, oldest first, then itself
+    outcomes = notifier.handle(firing_c)
+
+    in_order = [firing_a, firing_b, resolved_a, firing_c]
+    assert [(d.event_id, d.status) for d in outcomes] == [
+        (e.event_id, "delivered") for e in in_order
+    ]
+    sent = [raw for _, raw in receiver.got("/flaky/6")[6:]]
+    assert [AlertEvent.from_json(raw) for raw in sent] == in_order  # the same bodies, in order
+    rows = deliveries(database_url, pg_schema)
+    assert {key: (row["status"], row["resend"]) for key, row in rows.items()} == {
+        (e.event_id, hook): ("delivered", False) for e in in_order
+    }
+    assert rows[(firing_a.event_id, hook)]["attempts"] == 4 + 1 + 1 + 1
+    assert rows[(firing_b.event_id, hook)]["attempts"] == 1
+    # a restarted notifier has nothing left to send again
+    assert Notifier(config, ledger(database_url, pg_schema)).catch_up() == []
+    assert len(receiver.got("/flaky/6")) == 6 + len(in_order)
     notifier.close()
 
 
@@ -600,3 +646,70 @@ def test_notifier_delivers_the_alerts_topic_and_commits_offsets(
     again.close()
     assert again.stats == type(again.stats)()
     assert len(smtp_server.messages()) == len(sent)
+
+
+@pytest.mark.integration
+def test_events_read_while_a_webhook_is_down_reach_it_when_it_answers_without_a_new_event(
+    settings, pg_schema: str, receiver: Receiver
+) -> None:
+    """The notifier's own loop on the real topic: the offsets of the events read during the
+    outage are committed, and its re-send pass gets them through once the webhook answers."""
+    from confluent_kafka import Producer
+
+    from cityos.topics import Topics
+
+    settings = settings.model_copy(update={"database_schema": pg_schema})
+    topic = Topics(settings.topic_prefix).alerts
+    alert_id = f"alr_{uuid.uuid4().hex[:12]}"
+    events = [
+        make_event("firing", alert_id),
+        make_event("firing", severity="warning", zone_id="tiantan"),
+        make_event("resolved", alert_id),
+    ]
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+    for event in events:  # one partition: the order they are read in is the order sent
+        producer.produce(topic, key=event.key, value=event.to_json(), partition=0)
+    assert producer.flush(30) == 0
+
+    config = NotifierConfig(
+        webhooks=(f"{receiver.url}/flaky/8",), retry=FAST, resend_interval_s=0.2
+    )
+    notifier = Notifier.from_settings(settings, config)
+    runner = threading.Thread(target=notifier.run, args=(0.2,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60  # joining the group takes seconds; a bound, not a wait
+        while len(receiver.got("/flaky/8")) < 8 + len(events) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        notifier.stop()
+        runner.join(30)
+        notifier.close()
+    assert not runner.is_alive()
+
+    sent = [AlertEvent.from_json(raw) for _, raw in receiver.got("/flaky/8")[8:]]
+    assert sent == events
+    rows = deliveries(settings.database_url.get_secret_value(), pg_schema)
+    assert {key[0]: row["status"] for key, row in rows.items()} == {
+        e.event_id: "delivered" for e in events
+    }
+    assert notifier.stats.held >= 1  # some were read while it was down, and waited
+    assert committed_offsets(settings, topic, config.group_id) == [len(events)]
+
+
+def committed_offsets(settings: Any, topic: str, group_id: str) -> list[int]:
+    """The offsets the notifier's group committed on the partitions that have messages."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.topic_prefix + group_id,
+            "enable.auto.commit": False,
+        }
+    )
+    partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
+    committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in committed]
+    probe.close()
+    return [tp.offset for tp, end in zip(committed, ends, strict=True) if end > 0]

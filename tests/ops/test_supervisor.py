@@ -3,15 +3,18 @@ resolved once it runs again; against the real pipeline (a lost checkpoint) and P
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import SecretStr
 
 from cityos import metrics
 from cityos.db import connect
 from cityos.streaming.jobs.errors import StreamingJobError
-from cityos.streaming.supervisor import Backoff, Supervisor
+from cityos.streaming.supervisor import Backoff, Supervisor, raise_pipeline_alert
 from tests.sql import scalar
 
 FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.04)
@@ -81,7 +84,7 @@ def _alerts(database_url: str, schema: str) -> list[tuple]:
         return conn.execute(
             "SELECT a.alert_id, a.kind, a.severity, a.status, a.value, a.message,"
             " o.published_at IS NOT NULL FROM alerts a JOIN alert_outbox o USING (alert_id)"
-            " ORDER BY o.created_at"
+            " ORDER BY o.seq"
         ).fetchall()
 
 
@@ -145,10 +148,90 @@ def test_the_alert_is_raised_once_and_resolved_when_the_pipeline_runs_again(
         thread.join(30)
     with connect(database_url, pg_schema) as conn:
         statuses = conn.execute("SELECT status FROM alerts").fetchall()
-        events = conn.execute("SELECT payload FROM alert_outbox ORDER BY created_at").fetchall()
+        events = conn.execute("SELECT payload FROM alert_outbox ORDER BY seq").fetchall()
     assert statuses == [("resolved",)]  # four failures, one alert
     assert [b'"type":"firing"' in bytes(p[0]) for p in events] == [True, False]
     assert b'"type":"resolved"' in bytes(events[1][0])
+
+
+def _left_by_an_earlier_supervisor(settings) -> str:
+    """An open pipeline alert, raised an hour ago by a supervisor process that is gone."""
+    [alert_id] = raise_pipeline_alert(
+        settings,
+        failures=5,
+        threshold=5,
+        message="The streaming pipeline failed 5 times in 15 minutes",
+        now=datetime.now(UTC) - timedelta(hours=1),
+    )
+    return alert_id
+
+
+def _wait_resolved_and_published(database_url: str, schema: str, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        rows = _alerts(database_url, schema)
+        if [(r[3], r[6]) for r in rows] == [("resolved", True), ("resolved", True)]:
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_an_alert_left_by_an_earlier_supervisor_resolves_once_the_pipeline_is_healthy(
+    ops_settings, database_url, pg_schema
+):
+    _add_city(database_url, pg_schema)
+    alert_id = _left_by_an_earlier_supervisor(ops_settings)
+    run = Flaky(failures=0)
+    supervisor = Supervisor(ops_settings, run, backoff=FAST, healthy_after_s=0.3)
+    assert supervisor.alert_ids == []  # a new process: it never raised that alert
+    thread = threading.Thread(target=supervisor.run)
+    thread.start()
+    try:
+        assert run.running.wait(30)
+        _wait_resolved_and_published(database_url, pg_schema)
+    finally:
+        supervisor.stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+    rows = _alerts(database_url, pg_schema)  # one row per outbox event, each published
+    assert [(r[0], r[3], r[6]) for r in rows] == [(alert_id, "resolved", True)] * 2
+    with connect(database_url, pg_schema) as conn:
+        events = conn.execute("SELECT payload FROM alert_outbox ORDER BY seq").fetchall()
+        resolved_at = scalar(
+            conn, "SELECT resolved_at FROM alerts WHERE alert_id = %s", (alert_id,)
+        )
+    assert [b'"type":"resolved"' in bytes(p[0]) for p in events] == [False, True]
+    assert resolved_at is not None
+
+
+@pytest.mark.integration
+def test_resolving_is_tried_again_until_postgresql_answers(
+    ops_settings, database_url, pg_schema, caplog
+):
+    _add_city(database_url, pg_schema)
+    _left_by_an_earlier_supervisor(ops_settings)
+    away = ops_settings.model_copy(  # nothing listens on port 9
+        update={"database_url": SecretStr("postgresql://cityos@127.0.0.1:9/cityos")}
+    )
+    supervisor = Supervisor(away, Flaky(failures=0), backoff=FAST, healthy_after_s=0.3)
+    caplog.set_level(logging.ERROR)
+    thread = threading.Thread(target=supervisor.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(
+            "not resolved" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.05)
+        assert any("not resolved" in r.getMessage() for r in caplog.records)
+        supervisor.settings = ops_settings  # PostgreSQL answers again
+        _wait_resolved_and_published(database_url, pg_schema)
+    finally:
+        supervisor.stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert [(r[3], r[6]) for r in _alerts(database_url, pg_schema)] == [("resolved", True)] * 2
 
 
 @pytest.mark.integration
