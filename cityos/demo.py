@@ -468,7 +468,7 @@ def run_demo(
             ready.set()
 
     def processed() -> int:
-        return sum(b.valid_rows + b.dead_letters for job in started for b in job.batches)
+        return sum(job.merged_rows + job.merged_dead for job in started)
 
     clock = time.monotonic()
     spark_thread = threading.Thread(target=spark_live, name="spark-live", daemon=True)

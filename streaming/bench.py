@@ -552,7 +552,7 @@ def bench_e2e(run: Run, spark: Any, progress: Progress, pool: Sequence[events.Ev
     wall = time.perf_counter() - t0
     time.sleep(0.5)
     seconds, rows = progress.span(query_name(topics.traffic))
-    merged = sum(b.valid_rows for j in jobs for b in j.batches)
+    merged = sum(j.merged_rows for j in jobs)
     steady_s, steady_rows = progress.steady(query_name(topics.traffic))
     pipeline = {
         "steady_seconds": steady_s,

@@ -33,8 +33,9 @@ def register(app: typer.Typer) -> None:
         if available_now:
             jobs = run_pipeline(settings, until="available", method=method)  # type: ignore[arg-type]
             for job in jobs:
-                rows = sum(b.valid_rows for b in job.batches)
-                dead = sum(b.dead_letters for b in job.batches)
-                typer.echo(f"{job.name}: {len(job.batches)} batches, {rows} valid, {dead} dead")
+                typer.echo(
+                    f"{job.name}: {job.merged_batches} batches, {job.merged_rows} valid,"
+                    f" {job.merged_dead} dead"
+                )
         else:
             main(settings)

@@ -25,8 +25,13 @@ def psycopg_url(url: str) -> str:
 
 
 def connect(url: str, schema: str | None = None, **kwargs: object) -> psycopg.Connection:
-    """A connection whose search_path starts at ``schema`` (when given)."""
-    options = f"-c search_path={schema},public" if schema else None
+    """A connection whose search_path starts at ``schema`` (when given), in UTC.
+
+    timestamptz values come back in the session's TimeZone: pinned, they are UTC whatever the
+    server's, database's or role's setting, so formatted ids ("...Z") and arithmetic across a
+    DST change mean what they say. (A client's ``PGTZ`` is sent after these options and wins:
+    do not set it for CityOS.)"""
+    options = "-c TimeZone=UTC" + (f" -c search_path={schema},public" if schema else "")
     return psycopg.connect(psycopg_url(url), options=options, **kwargs)  # type: ignore[arg-type]
 
 

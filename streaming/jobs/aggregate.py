@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -133,7 +133,11 @@ class TopicJob:
     topic: str
     registry: SensorRegistry
     method: Method = "copy"
-    batches: list[BatchCommit] = field(default_factory=list)  # merged by this process
+    # merged by this process (counts: a list of every batch would grow for as long as it runs)
+    merged_batches: int = 0
+    merged_rows: int = 0  # valid events
+    merged_dead: int = 0  # dead letters
+    last_batch_id: int | None = None
     scorer: Any = None  # streaming/jobs/score.py Scorer, made at the first batch
     publisher: Any = None  # the alert outbox's Kafka publisher
     score_seconds: float = 0.0  # wall time spent in the score stage by this process
@@ -276,14 +280,21 @@ class TopicJob:
         clock: _StageClock,
     ) -> None:
         """The batch's windows, sensors' progress and commit record in one PostgreSQL
-        transaction; then the score stage."""
+        transaction; then the score stage.
+
+        Event time moves the watermarks, but never past the batch's processing time: an event
+        stamped ahead of the clock (accepted up to ``max_future_skew_s``: a producer's clock
+        an hour off, local time sent as UTC) is merged, but it neither closes its sensor's
+        windows early nor makes the sensor's next real readings late."""
         valid_n, dead_n = summary.valid, summary.dead
         if summary.latest is not None:
-            candidate = summary.latest - self.lateness
+            candidate = min(summary.latest, started) - self.lateness
             watermark = candidate if watermark is None else max(watermark, candidate)
         traffic = summary.partials.get(events.TRAFFIC, [])
         air = summary.partials.get(events.AIR, [])
-        progress = [(sensor, latest) for sensor, (_, latest) in summary.sensors.items()]
+        progress = [
+            (sensor, min(latest, started)) for sensor, (_, latest) in summary.sensors.items()
+        ]
         commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n, started)
         merged = self.with_db(
             lambda conn: merge_batch(
@@ -292,7 +303,10 @@ class TopicJob:
         )
         clock.lap("merge")
         if merged:
-            self.batches.append(commit)
+            self.merged_batches += 1
+            self.merged_rows += valid_n
+            self.merged_dead += dead_n
+            self.last_batch_id = batch_id
             metrics.record_batch(
                 self.name, self.topic, valid=valid_n, dead=dead_n, watermark=watermark
             )

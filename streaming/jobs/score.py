@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -48,6 +48,7 @@ from cityos.anomaly.registry import ModelVersion, SeedStates, production
 log = logging.getLogger(__name__)
 
 FAMILY = "anomaly"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # before any window: "replay the whole history"
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ class Scorer:
     registry_check_s: float = 30.0
     _detectors: dict[tuple[str, str], Detector] = field(default_factory=dict)
     _seen_until: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    # series dropped after a failed call that had no saved state: relearn their whole history
+    _relearn: set[tuple[str, str]] = field(default_factory=set)
     _version: str | None = None
     _seeds: SeedStates | None = None
     _checked_at: float = float("-inf")
@@ -148,38 +151,51 @@ class Scorer:
         """Score every window closed since the last call; returns what was written.
 
         ``conn`` must be in autocommit mode: each table's scores, forecasts, alerts and progress
-        are one explicit transaction."""
+        are one explicit transaction. When it fails, the detectors forget what they learnt in
+        memory (they had already been fed the windows): the next call reloads their saved
+        states and replays the committed windows, then scores the same windows again."""
         if not conn.autocommit:
             raise ValueError("Scorer.score needs an autocommit connection")
         self._follow_registry(conn)
         summary = ScoreSummary()
-        for table in self.tables:
-            rows = self._closed(conn, table)
-            if not rows:
-                continue
-            summary.windows += len(rows)
-            scores, forecasts, observations, progress = self._run(conn, table, rows)
-            with conn.transaction(), conn.cursor() as cur:
-                _write_scores(cur, scores)
-                _write_forecasts(cur, forecasts)
-                zones = _zones(cur, table.sensor_kind) if forecasts else {}
-                zone_rows = _write_zone_forecasts(cur, table, zones, forecasts)
-                observations += self._zone_observations(cur, table, zones, forecasts)
-                events = self.engine.observe(conn, observations, now)
-                cur.executemany(
-                    "INSERT INTO scoring_progress (stream, sensor_id, scored_until)"
-                    " VALUES (%s, %s, %s) ON CONFLICT (stream, sensor_id) DO UPDATE"
-                    " SET scored_until = GREATEST(scoring_progress.scored_until,"
-                    " excluded.scored_until)",
-                    [(table.stream, sensor, until) for sensor, until in progress.items()],
-                )
-            summary.scores += len(scores)
-            summary.forecasts += len(forecasts)
-            summary.zone_forecasts += zone_rows
-            summary.alert_events += len(events)
+        try:
+            for table in self.tables:
+                self._score_table(conn, table, now, summary)
+        except BaseException:
+            self._relearn.update(self._detectors)
+            self._detectors.clear()
+            self._seen_until.clear()
+            raise
         if time.monotonic() - self._saved_at >= self.checkpoint_s:
             self.checkpoint(conn)
         return summary
+
+    def _score_table(
+        self, conn: psycopg.Connection, table: WindowTable, now: datetime, summary: ScoreSummary
+    ) -> None:
+        rows = self._closed(conn, table)
+        if not rows:
+            return
+        summary.windows += len(rows)
+        scores, forecasts, observations, progress = self._run(conn, table, rows)
+        with conn.transaction(), conn.cursor() as cur:
+            _write_scores(cur, scores)
+            _write_forecasts(cur, forecasts)
+            zones = _zones(cur, table.sensor_kind) if forecasts else {}
+            zone_rows = _write_zone_forecasts(cur, table, zones, forecasts)
+            observations += self._zone_observations(cur, table, zones, forecasts)
+            events = self.engine.observe(conn, observations, now)
+            cur.executemany(
+                "INSERT INTO scoring_progress (stream, sensor_id, scored_until)"
+                " VALUES (%s, %s, %s) ON CONFLICT (stream, sensor_id) DO UPDATE"
+                " SET scored_until = GREATEST(scoring_progress.scored_until,"
+                " excluded.scored_until)",
+                [(table.stream, sensor, until) for sensor, until in progress.items()],
+            )
+        summary.scores += len(scores)
+        summary.forecasts += len(forecasts)
+        summary.zone_forecasts += zone_rows
+        summary.alert_events += len(events)
 
     def _closed(self, conn: psycopg.Connection, table: WindowTable) -> list[dict[str, Any]]:
         query = sql.SQL(
@@ -266,7 +282,8 @@ class Scorer:
                     )
                 )
             progress[sensor] = max(progress.get(sensor, end), end)
-            last_row[sensor] = row
+            if row.get(table.forecast_metric) is not None:
+                last_row[sensor] = row  # the forecast runs on from the last window it has seen
         forecasts: list[tuple] = []
         steps = max(1, int(timedelta(minutes=self.forecast_minutes) / table.width))
         for sensor, row in last_row.items():
@@ -371,6 +388,9 @@ class Scorer:
         if seen_until is not None:
             self._seen_until[key] = seen_until
             self._replay(conn, table, detector, sensor, metric, seen_until, end)
+        elif key in self._relearn:  # learnt in memory only, then dropped: learn it again
+            self._replay(conn, table, detector, sensor, metric, EPOCH, end)
+        self._relearn.discard(key)
         return detector
 
     def _load(

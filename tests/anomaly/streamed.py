@@ -91,7 +91,7 @@ def stream(
         producer.close()
     jobs = run_pipeline(settings, until="available", spark=spark)
     return Streamed(
-        settings, air_from, air_to, sent, twin_events, sum(len(j.batches) for j in jobs)
+        settings, air_from, air_to, sent, twin_events, sum(j.merged_batches for j in jobs)
     )
 
 

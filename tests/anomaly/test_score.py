@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
+import psycopg
 import pytest
 
 from cityos.alerting.engine import AlertEngine
@@ -201,6 +202,78 @@ def test_a_restart_resumes_from_the_checkpoint_exactly(database_url, beijing) ->
         for day in batches[6:]:
             merge_day(conn, day)
             second.score(conn, datetime.now(UTC))
+        assert (scores(conn), zone_forecasts(conn)) == reference
+
+
+def test_a_forecast_runs_on_from_the_last_window_with_its_metric(database_url, beijing) -> None:
+    """A station whose PM2.5 is missing in its last hours (its other pollutants are not): the
+    forecast of PM2.5 starts after the last hour the detector saw, not after the last row."""
+    batches = days("2013-12-01", 10)
+    station = "beijing-aq-dongsi"
+    gap = [r for r in batches[-1] if r["sensor_id"] == station][-12:]
+    for r in gap:
+        r["pm25"] = None
+    with connect(database_url, beijing, autocommit=True) as conn:
+        run = scorer()
+        for day in batches:
+            merge_day(conn, day)
+            run.score(conn, datetime.now(UTC))
+        seen = {
+            r[0]
+            for r in conn.execute(
+                "SELECT window_end FROM air_quality_1h WHERE sensor_id = %s AND pm25 IS NOT NULL",
+                (station,),
+            )
+        }
+        issued = conn.execute(
+            "SELECT issued_at, min(target_start) FROM forecasts"
+            " WHERE sensor_id = %s AND metric = 'pm25' GROUP BY 1",
+            (station,),
+        ).fetchall()
+    assert issued and max(i for i, _ in issued) < gap[0]["window_end"]
+    assert all(i in seen and first == i for i, first in issued)
+
+
+class FailsOnce(AlertEngine):
+    """The alert engine, failing its ``fail_at``-th call as a lost connection would."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__(load_rules())
+        self.calls, self.fail_at = 0, fail_at
+
+    def observe(self, conn, observations, now):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return super().observe(conn, observations, now)
+
+
+@pytest.mark.parametrize("saved_before", [False, True], ids=["no saved state", "saved state"])
+def test_a_failed_scoring_transaction_loses_no_score(database_url, beijing, saved_before) -> None:
+    """The detectors learn a batch's windows before its transaction commits; when it fails the
+    windows are scored again with the next batch, by detectors that have not learnt them."""
+    batches = days("2013-12-01", 8)
+    with connect(database_url, beijing, autocommit=True) as conn:
+        once = scorer()
+        for day in batches:
+            merge_day(conn, day)
+            once.score(conn, datetime.now(UTC))
+        reference = scores(conn), zone_forecasts(conn)
+
+        for table in (*RESET, "air_quality_1h", "sensor_watermarks"):
+            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
+        flaky = Scorer(QUERY, LATENESS, (AIR,), FailsOnce(fail_at=6), registry_check_s=0)
+        flaky.checkpoint_s = 1e9
+        failed = []
+        for i, day in enumerate(batches):
+            merge_day(conn, day)
+            if saved_before and i == 3:
+                flaky.checkpoint(conn)
+            try:
+                flaky.score(conn, datetime.now(UTC))
+            except psycopg.OperationalError:
+                failed.append(i)
+        assert len(failed) == 1 and 3 < failed[0] < len(batches) - 1
         assert (scores(conn), zone_forecasts(conn)) == reference
 
 

@@ -162,3 +162,34 @@ def test_a_failed_lake_write_fails_its_batch_and_the_restart_merges_it_once(
     empty = commits(database_url, pg_schema, query_name(topics.environment))
     assert [(r[0], r[1]) for r in empty] == [(0, 0)]
     assert not (settings.lake_dir / topics.environment).exists()
+
+
+def test_an_event_stamped_ahead_of_the_clock_does_not_make_the_next_readings_late(
+    job_settings,
+    topics,
+    kafka_bootstrap,
+    database_url,
+    pg_schema,
+    spark,  # noqa: F811
+) -> None:
+    """A reading 50 minutes in the future (inside max_future_skew_s: a detector whose clock is
+    off, local time sent as UTC) is merged, but the sensor's watermark stops at the clock: its
+    next real readings, 10 minutes old, are merged, not dead-lettered as late."""
+    register(database_url, pg_schema)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    ahead = minute_reading(SENSOR, now + timedelta(minutes=50), 7)
+    first = [minute_reading(SENSOR, now - timedelta(minutes=40), 3), ahead]
+    produce(kafka_bootstrap, topics.traffic, [(events.key_of(e), events.encode(e)) for e in first])
+    run_pipeline(job_settings, until="available", spark=spark)
+    with connect(database_url, pg_schema) as conn:
+        progress = scalar(conn, "SELECT max_event_time FROM sensor_watermarks")
+    assert progress <= datetime.now(UTC)  # not the future reading's time
+
+    later = [minute_reading(SENSOR, now - timedelta(minutes=m), 5) for m in (10, 9, 8)]
+    produce(kafka_bootstrap, topics.traffic, [(events.key_of(e), events.encode(e)) for e in later])
+    run_pipeline(job_settings, until="available", spark=spark)
+    with connect(database_url, pg_schema) as conn:
+        dead = scalar(conn, "SELECT sum(dead_letters) FROM stream_commits")
+        vehicles = scalar(conn, "SELECT sum(vehicle_count) FROM traffic_5m")
+    assert dead == 0
+    assert vehicles == sum(e["intensity"] for e in first + later)

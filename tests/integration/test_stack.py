@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import secrets
 import shutil
 import socket
 import stat
@@ -18,7 +19,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -26,7 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from psycopg import sql
 
-from cityos.db import connect
+from cityos.db import connect, psycopg_url
 from cityos.errors import ConfigError, StackError
 from cityos.settings import SHARED_DIR, cache_dir_from_env, load_settings, read_env_file
 from cityos.stack import Stack, StackConfig, delete_topics, ensure_topics
@@ -35,6 +38,7 @@ from cityos.stack.kafka import admin_client, new_cluster_id
 from cityos.stack.postgres import SYSTEM_USER, make_reachable
 from cityos.stack.process import find_java
 from cityos.topics import Topics
+from tests.sql import scalar
 
 CONTRACT = SHARED_DIR / "contracts" / "serving-schema.md"
 
@@ -222,6 +226,35 @@ def test_migrations_give_the_contract_tables(database_url, pg_schema):
     finally:
         with connect(database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(scratch)))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("schema", [None, "public"])
+def test_connections_read_timestamps_in_utc_whatever_the_server_zone(database_url, schema):
+    """Alert ids and watermarks are formatted and computed from the timestamps PostgreSQL
+    returns, in the session's zone: a server (here, a role) set to Berlin must still give UTC."""
+    role, password = f"tz_{uuid.uuid4().hex[:8]}", secrets.token_hex(12)
+    with connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+        admin.execute(
+            sql.SQL("ALTER ROLE {} SET TimeZone = 'Europe/Berlin'").format(sql.Identifier(role))
+        )
+    try:
+        parts = urlsplit(database_url)
+        url = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+        with psycopg.connect(psycopg_url(url)) as plain:
+            assert plain.execute("SHOW TimeZone").fetchone() == ("Europe/Berlin",)
+        with connect(url, schema=schema) as conn:
+            assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+            stamp = scalar(conn, "SELECT '2016-12-19 07:55:00+01'::timestamptz")
+        assert stamp.utcoffset() == timedelta(0) and stamp.hour == 6
+    finally:
+        with connect(database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @pytest.mark.integration
