@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 # A dead letter carries the original bytes plus reason headers, so its topic takes messages
@@ -68,3 +69,14 @@ def checkpoint_end_offsets(offsets_file: Path, topic: str) -> dict[int, int]:
     lines = offsets_file.read_text().splitlines()
     sources = [json.loads(line) for line in lines[2:] if line.startswith("{")]
     return {int(p): o for source in sources for p, o in source.get(topic, {}).items()}
+
+
+def checkpoint_batch_time(offsets_file: Path) -> datetime | None:
+    """The time Spark gave the batch when it planned it (``batchTimestampMs`` of the offset
+    log's metadata line), or None when the file has none. A batch replayed after a crash keeps
+    it, as it keeps its offsets: what is judged against it is judged the same way again."""
+    try:
+        meta = json.loads(offsets_file.read_text().splitlines()[1])
+        return datetime.fromtimestamp(int(meta["batchTimestampMs"]) / 1000, UTC)
+    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        return None

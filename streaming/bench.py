@@ -629,7 +629,10 @@ def bench_steps(run: Run, spark: Any) -> dict[str, Any]:
 
     def judged() -> Any:
         return classify(
-            parse(rows(), job.spec, settings.max_event_bytes), job.spec, sensors, job.limits()
+            parse(rows(), job.spec, settings.max_event_bytes),
+            job.spec,
+            sensors,
+            job.limits(datetime.now(UTC)),
         )
 
     def noop(frame: Any) -> None:

@@ -55,7 +55,7 @@ from cityos.streaming.jobs.sinks import (
 from cityos.streaming.jobs.spec import TOPIC_SPECS, TopicSpec
 from cityos.streaming.jobs.validate import Limits, classify, parse
 from cityos.streaming.jobs.windows import BatchSummary, batch_summary
-from cityos.topics import Topics, checkpoint_end_offsets
+from cityos.topics import Topics, checkpoint_batch_time, checkpoint_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,12 @@ class TopicJob:
         s = self.settings
         return connect(s.database_url.get_secret_value(), s.database_schema)
 
-    def limits(self) -> Limits:
+    def limits(self, now: datetime) -> Limits:
         s = self.settings
         return Limits(
             max_event_bytes=s.max_event_bytes,
             earliest=earliest_event_time(s),
-            now=datetime.now(UTC),
+            now=now,
             max_future_skew=timedelta(seconds=s.max_future_skew_s),
         )
 
@@ -208,8 +208,13 @@ class TopicJob:
         return None
 
     def process(self, batch: DataFrame, batch_id: int) -> None:
-        """foreachBatch: validate, dead-letter, lake, aggregate, merge; skip merged batches."""
+        """foreachBatch: validate, dead-letter, lake, aggregate, merge; skip merged batches.
+
+        Events are judged against the batch's own time from the offset log (``future``, the
+        watermarks' cap), not the clock: a replay of the batch judges them as the first run did,
+        so an event dead-lettered then is not merged now."""
         started = datetime.now(UTC)
+        now = checkpoint_batch_time(self.checkpoint / "offsets" / str(batch_id)) or started
         clock = _StageClock()
         spark = batch.sparkSession
 
@@ -229,8 +234,8 @@ class TopicJob:
             # traffic topic's first batch. Later batches run only when there is data.
             summary = BatchSummary()
         else:
-            summary = self._write(batch, batch_id, sensors, clock)
-        self._commit(summary, batch_id, watermark, started, clock)
+            summary = self._write(batch, batch_id, sensors, now, clock)
+        self._commit(summary, batch_id, watermark, started, now, clock)
 
     def never_written(self, batch_id: int) -> bool:
         """The batch ends at offset 0 of every partition: its topic has never held a message.
@@ -241,7 +246,12 @@ class TopicJob:
         return bool(ends) and not any(ends.values())
 
     def _write(
-        self, batch: DataFrame, batch_id: int, sensors: DataFrame, clock: _StageClock
+        self,
+        batch: DataFrame,
+        batch_id: int,
+        sensors: DataFrame,
+        now: datetime,
+        clock: _StageClock,
     ) -> BatchSummary:
         """Validate and stage the batch, then from the staged files: its summary, the lake, the
         DLQ, in the order that makes a replay safe (the PostgreSQL commit comes after)."""
@@ -249,7 +259,7 @@ class TopicJob:
             parse(batch, self.spec, self.settings.max_event_bytes),
             self.spec,
             sensors,
-            self.limits(),
+            self.limits(now),
         )
         lake = self.settings.lake_dir / self.topic  # type: ignore[operator]
         staged = staging_folder(lake, batch_id)
@@ -277,24 +287,23 @@ class TopicJob:
         batch_id: int,
         watermark: datetime | None,
         started: datetime,
+        now: datetime,
         clock: _StageClock,
     ) -> None:
         """The batch's windows, sensors' progress and commit record in one PostgreSQL
         transaction; then the score stage.
 
-        Event time moves the watermarks, but never past the batch's processing time: an event
+        Event time moves the watermarks, but never past the batch's time (``now``): an event
         stamped ahead of the clock (accepted up to ``max_future_skew_s``: a producer's clock
         an hour off, local time sent as UTC) is merged, but it neither closes its sensor's
         windows early nor makes the sensor's next real readings late."""
         valid_n, dead_n = summary.valid, summary.dead
         if summary.latest is not None:
-            candidate = min(summary.latest, started) - self.lateness
+            candidate = min(summary.latest, now) - self.lateness
             watermark = candidate if watermark is None else max(watermark, candidate)
         traffic = summary.partials.get(events.TRAFFIC, [])
         air = summary.partials.get(events.AIR, [])
-        progress = [
-            (sensor, min(latest, started)) for sensor, (_, latest) in summary.sensors.items()
-        ]
+        progress = [(sensor, min(latest, now)) for sensor, (_, latest) in summary.sensors.items()]
         commit = BatchCommit(self.name, batch_id, watermark, valid_n, dead_n, started)
         merged = self.with_db(
             lambda conn: merge_batch(

@@ -10,6 +10,7 @@ the row's own foreachBatch span (batch_started_at -> committed_at).
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -20,6 +21,7 @@ from cityos.db import connect
 from cityos.streaming.jobs import aggregate
 from cityos.streaming.jobs.aggregate import query_name, run_pipeline
 from cityos.streaming.jobs.errors import StreamingJobError
+from cityos.topics import checkpoint_batch_time
 from tests.integration.pipeline_tools import minute_reading, own_settings
 from tests.integration.test_pipeline import produce
 from tests.jobs.conftest import spark  # noqa: F401 - the shared session
@@ -193,3 +195,49 @@ def test_an_event_stamped_ahead_of_the_clock_does_not_make_the_next_readings_lat
         vehicles = scalar(conn, "SELECT sum(vehicle_count) FROM traffic_5m")
     assert dead == 0
     assert vehicles == sum(e["intensity"] for e in first + later)
+
+
+def test_a_replayed_batch_judges_its_events_as_the_first_run_did(
+    job_settings,
+    topics,
+    kafka_bootstrap,
+    database_url,
+    pg_schema,
+    spark,  # noqa: F811
+    monkeypatch,
+) -> None:
+    """A reading 30 s ahead is dead-lettered as `future` (2 s allowed); the batch then fails
+    before its commit and is replayed after the reading's time has passed. Judged against the
+    clock it would now be merged too (and so be both in the DLQ and in the tables); judged
+    against the batch's own time from the offset log, it is dead-lettered again, only."""
+    register(database_url, pg_schema)
+    settings = job_settings.model_copy(update={"max_future_skew_s": 2})
+    now = datetime.now(UTC)
+    normal = minute_reading(SENSOR, now - timedelta(minutes=3), 4)
+    ahead = minute_reading(SENSOR, now + timedelta(seconds=30), 9)  # event time: its start
+    records = [(events.key_of(e), events.encode(e)) for e in (normal, ahead)]
+    produce(kafka_bootstrap, topics.traffic, records)
+
+    def lost_connection(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(aggregate, "merge_batch", lost_connection)
+    with pytest.raises(StreamingJobError, match="server closed the connection"):
+        run_pipeline(settings, until="available", spark=spark)
+    monkeypatch.undo()
+    offsets = settings.state_dir / "checkpoints" / query_name(topics.traffic) / "offsets" / "0"
+    planned = checkpoint_batch_time(offsets)
+    assert planned is not None and planned < now + timedelta(seconds=28), planned
+    time.sleep(max(0.0, (now + timedelta(seconds=33) - datetime.now(UTC)).total_seconds()))
+
+    run_pipeline(settings, until="available", spark=spark)
+    rows = commits(database_url, pg_schema, query_name(topics.traffic))
+    with connect(database_url, pg_schema) as conn:
+        dead = scalar(
+            conn,
+            "SELECT dead_letters FROM stream_commits WHERE query_name = %s AND batch_id = 0",
+            (query_name(topics.traffic),),
+        )
+        vehicles = scalar(conn, "SELECT sum(vehicle_count) FROM traffic_5m")
+    assert [(r[0], r[1]) for r in rows] == [(0, 2)]
+    assert (dead, vehicles) == (1, normal["intensity"])
