@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     notify_backoff_max_s: float = Field(default=30.0, ge=0)
     notify_max_elapsed_s: float = Field(default=120.0, ge=0)  # retries of one delivery end then
     notify_timeout_s: float = Field(default=10.0, gt=0)  # one HTTP request / SMTP session
+    # a destination that was down gets the events it missed, oldest first, once it answers
+    notify_resend_batch: int = Field(default=100, ge=1)  # rows per pass and destination
+    notify_resend_interval_s: float = Field(default=30.0, ge=0)  # passes besides new events
     notify_max_event_age_s: float | None = Field(default=None, gt=0)  # older `at`: 'skipped'
 
     # lake and Airflow (streaming/lake.py, dags/, cityos/airflow.py)

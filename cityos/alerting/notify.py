@@ -161,6 +161,8 @@ class NotifierConfig:
             ),
             timeout_s=settings.notify_timeout_s,
             max_event_age_s=settings.notify_max_event_age_s,
+            resend_batch=settings.notify_resend_batch,
+            resend_interval_s=settings.notify_resend_interval_s,
         )
 
     def destinations(self) -> list[Destination]:
