@@ -177,18 +177,24 @@ def test_closed_windows_are_scored_once_forecast_and_alerted(database_url, beiji
         assert outbox >= fired
 
 
+def uninterrupted_then_reset(conn, batches: list[list[dict]]) -> tuple[list, list]:  # noqa: ANN001
+    """The scores and zone forecasts of one scorer through every batch; then the tables are
+    emptied for the run to compare with it."""
+    once = scorer()
+    for day in batches:
+        merge_day(conn, day)
+        once.score(conn, datetime.now(UTC))
+    reference = scores(conn), zone_forecasts(conn)
+    for table in (*RESET, "air_quality_1h", "sensor_watermarks"):
+        conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
+    return reference
+
+
 def test_a_restart_resumes_from_the_checkpoint_exactly(database_url, beijing) -> None:
     batches = days("2013-12-01", 10)
     with connect(database_url, beijing, autocommit=True) as conn:
-        once = scorer()
-        for day in batches:
-            merge_day(conn, day)
-            once.score(conn, datetime.now(UTC))
-        reference = scores(conn), zone_forecasts(conn)
+        reference = uninterrupted_then_reset(conn, batches)
         assert reference[1]
-
-        for table in (*RESET, "air_quality_1h", "sensor_watermarks"):
-            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
         first = scorer(checkpoint_s=1e9)
         for day in batches[:4]:
             merge_day(conn, day)
@@ -254,14 +260,7 @@ def test_a_failed_scoring_transaction_loses_no_score(database_url, beijing, save
     windows are scored again with the next batch, by detectors that have not learnt them."""
     batches = days("2013-12-01", 8)
     with connect(database_url, beijing, autocommit=True) as conn:
-        once = scorer()
-        for day in batches:
-            merge_day(conn, day)
-            once.score(conn, datetime.now(UTC))
-        reference = scores(conn), zone_forecasts(conn)
-
-        for table in (*RESET, "air_quality_1h", "sensor_watermarks"):
-            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
+        reference = uninterrupted_then_reset(conn, batches)
         flaky = Scorer(QUERY, LATENESS, (AIR,), FailsOnce(fail_at=6), registry_check_s=0)
         flaky.checkpoint_s = 1e9
         failed = []
