@@ -266,23 +266,12 @@ class DeliveryLedger:
     def delivered(self, event_id: str) -> set[str]:
         """The destinations that have this event."""
         with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT destination FROM alert_deliveries"
-                " WHERE event_id = %s AND status = 'delivered'",
-                (event_id,),
-            ).fetchall()
-        return {row[0] for row in rows}
+            return _delivered(conn, event_id)
 
     def progress(self, event_id: str) -> tuple[set[str], set[str]]:
         """The destinations that have this event, and those with failed events to send again."""
         with self._connect() as conn:
-            done = conn.execute(
-                "SELECT destination FROM alert_deliveries"
-                " WHERE event_id = %s AND status = 'delivered'",
-                (event_id,),
-            ).fetchall()
-            behind = _behind(conn)
-        return {row[0] for row in done}, behind
+            return _delivered(conn, event_id), _behind(conn)
 
     def behind(self) -> set[str]:
         """The destinations with failed events to send again."""
@@ -343,6 +332,14 @@ class DeliveryLedger:
                     delivery.status == "failed" and delivery.resend,
                 ),
             )
+
+
+def _delivered(conn: psycopg.Connection, event_id: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT destination FROM alert_deliveries WHERE event_id = %s AND status = 'delivered'",
+        (event_id,),
+    )
+    return {row[0] for row in rows.fetchall()}
 
 
 def _behind(conn: psycopg.Connection) -> set[str]:
