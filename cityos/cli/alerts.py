@@ -66,38 +66,57 @@ def _refused(why: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+DELIVERY_STATUSES = ("delivered", "failed", "skipped", "pending")
+
+
 @app.command("deliveries")
 def deliveries_command(
     status: Annotated[
-        str | None, typer.Option(help="only deliveries of this status: delivered|failed|skipped")
+        str | None,
+        typer.Option(
+            help="only deliveries of this status: delivered|failed|skipped, or pending (failed"
+            " or held back, and to be sent again)"
+        ),
     ] = None,
     alert_id: Annotated[str | None, typer.Option(help="only this alert's")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
-    """The latest deliveries of alert events, newest first, with the reason of each failure."""
+    """The latest deliveries of alert events, newest first, with the reason of each failure.
+
+    A failed delivery the notifier will send again (the destination was down, or the event is
+    held back behind earlier ones) shows as ``failed, to resend``; a plain ``failed`` is final.
+    """
     import psycopg
 
     from cityos.db import connect
 
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise _refused(f"--status {status!r}: one of {', '.join(DELIVERY_STATUSES)}")
     settings = get_settings()
     url, schema = settings.database_url.get_secret_value(), settings.database_schema
     try:
         with connect(url, schema) as conn:
             rows = conn.execute(
-                "SELECT last_attempt_at, event_type, alert_id, destination, status, attempts,"
-                " last_error FROM alert_deliveries"
-                " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+                "SELECT last_attempt_at, event_type, alert_id, destination, status, resend,"
+                " attempts, last_error FROM alert_deliveries"
+                " WHERE (%(status)s::text IS NULL OR status = %(status)s"
+                "        OR (%(status)s = 'pending' AND status = 'failed' AND resend))"
                 " AND (%(alert)s::text IS NULL OR alert_id = %(alert)s)"
                 " ORDER BY last_attempt_at DESC LIMIT %(limit)s",
                 {"status": status, "alert": alert_id, "limit": limit},
             ).fetchall()
     except psycopg.errors.UndefinedTable as err:
         raise _refused("no alert_deliveries table: run cityos db migrate") from err
+    except psycopg.errors.UndefinedColumn as err:
+        raise _refused(f"the alert_deliveries table is old ({err}): run cityos db migrate") from err
     except psycopg.OperationalError as err:
         raise _refused(f"cannot reach the database: {err}") from err
     table = Table()
     for column in ("at", "event", "alert", "destination", "status", "attempts", "last error"):
         table.add_column(column)
-    for row in rows:
-        table.add_row(*(Text(_time(value)) for value in row))
+    for at, event, alert, destination, state, resend, attempts, error in rows:
+        if state == "failed" and resend:
+            state = "failed, to resend"
+        cells = (at, event, alert, destination, state, attempts, error)
+        table.add_row(*(Text(_time(value)) for value in cells))
     console.print(table)

@@ -502,6 +502,66 @@ def test_a_destination_down_for_a_while_gets_every_event_in_order_once_it_answer
 
 
 @pytest.mark.integration
+def test_cityos_alerts_deliveries_tells_a_final_failure_from_one_to_be_sent_again(
+    receiver: Receiver, database_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from cityos.cli import alerts as alerts_cli
+    from cityos.settings import get_settings
+
+    config = NotifierConfig(
+        webhooks=(f"{receiver.url}/flaky/1000", f"{receiver.url}/gone"), retry=FAST
+    )
+    notifier = Notifier(config, ledger(database_url, pg_schema))
+    down, gone = (d.name for d in notifier.destinations)
+    first, second = make_event("firing"), make_event("firing", severity="warning")
+    notifier.handle(first)  # down: its whole retry budget; gone: a 404, final
+    notifier.handle(second)  # down: held back behind the first; gone: a 404 again
+    notifier.close()
+
+    app = typer.Typer()
+    alerts_cli.register(app)
+    monkeypatch.setenv("CITYOS_DATABASE_URL", database_url)
+    monkeypatch.setenv("CITYOS_DATABASE_SCHEMA", pg_schema)
+    monkeypatch.setenv("CITYOS_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # required; not used here
+    monkeypatch.setattr(alerts_cli.console, "width", 400)  # one line per row
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        listed = runner.invoke(app, ["alerts", "deliveries"])
+        pending = runner.invoke(app, ["alerts", "deliveries", "--status", "pending"])
+        final = runner.invoke(app, ["alerts", "deliveries", "--status", "failed"])
+        bad = runner.invoke(app, ["alerts", "deliveries", "--status", "lost"])
+    finally:
+        get_settings.cache_clear()
+
+    def rows(output: str) -> set[tuple[str, str]]:
+        """(alert id, status) of each row that names one of the two alerts."""
+        found = set()
+        for line in output.splitlines():
+            cells = [c.strip() for c in line.split("│")]
+            for event in (first, second):
+                if event.alert.alert_id in cells:
+                    found.add((event.alert.alert_id, cells[cells.index(event.alert.alert_id) + 2]))
+        return found
+
+    assert listed.exit_code == 0, listed.output
+    assert rows(listed.output) == {
+        (first.alert.alert_id, "failed, to resend"),
+        (second.alert.alert_id, "failed, to resend"),
+        (first.alert.alert_id, "failed"),
+        (second.alert.alert_id, "failed"),
+    }
+    assert "held back behind earlier events" in listed.output
+    assert pending.exit_code == 0 and down in pending.output and gone not in pending.output
+    assert len(rows(pending.output)) == 2
+    assert final.exit_code == 0 and gone in final.output  # failed, resent or not
+    assert bad.exit_code == 2 and "--status 'lost': one of delivered, failed" in bad.output
+
+
+@pytest.mark.integration
 def test_same_event_twice_is_delivered_once(
     receiver: Receiver, smtp_server: SmtpServer, database_url: str, pg_schema: str
 ) -> None:
