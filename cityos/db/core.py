@@ -29,10 +29,16 @@ def connect(url: str, schema: str | None = None, **kwargs: object) -> psycopg.Co
 
     timestamptz values come back in the session's TimeZone: pinned, they are UTC whatever the
     server's, database's or role's setting, so formatted ids ("...Z") and arithmetic across a
-    DST change mean what they say. (A client's ``PGTZ`` is sent after these options and wins:
-    do not set it for CityOS.)"""
+    DST change mean what they say. A client's ``PGTZ`` is sent after these options and would
+    win: the zone the server reports is checked, and set (and committed) again if it is not
+    UTC, at the cost of one round trip for such a client only."""
     options = "-c TimeZone=UTC" + (f" -c search_path={schema},public" if schema else "")
-    return psycopg.connect(psycopg_url(url), options=options, **kwargs)  # type: ignore[arg-type]
+    conn = psycopg.connect(psycopg_url(url), options=options, **kwargs)  # type: ignore[arg-type]
+    if conn.info.parameter_status("TimeZone") != "UTC":
+        conn.execute("SET TimeZone = 'UTC'")
+        if not conn.autocommit:
+            conn.commit()  # a rollback of the caller's first transaction must not undo it
+    return conn
 
 
 def _migrations() -> list[tuple[str, str]]:

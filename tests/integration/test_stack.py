@@ -230,9 +230,13 @@ def test_migrations_give_the_contract_tables(database_url, pg_schema):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("schema", [None, "public"])
-def test_connections_read_timestamps_in_utc_whatever_the_server_zone(database_url, schema):
+@pytest.mark.parametrize("pgtz", [None, "America/New_York"], ids=["server-zone", "and-PGTZ"])
+def test_connections_read_timestamps_in_utc_whatever_the_server_zone(
+    database_url, schema, pgtz, monkeypatch
+):
     """Alert ids and watermarks are formatted and computed from the timestamps PostgreSQL
-    returns, in the session's zone: a server (here, a role) set to Berlin must still give UTC."""
+    returns, in the session's zone: a server (here, a role) set to Berlin must still give UTC,
+    and so must a client whose environment sets another zone (libpq sends ``PGTZ`` last)."""
     role, password = f"tz_{uuid.uuid4().hex[:8]}", secrets.token_hex(12)
     with connect(database_url, autocommit=True) as admin:
         admin.execute(
@@ -246,12 +250,17 @@ def test_connections_read_timestamps_in_utc_whatever_the_server_zone(database_ur
     try:
         parts = urlsplit(database_url)
         url = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+        if pgtz is not None:
+            monkeypatch.setenv("PGTZ", pgtz)
         with psycopg.connect(psycopg_url(url)) as plain:
-            assert plain.execute("SHOW TimeZone").fetchone() == ("Europe/Berlin",)
+            assert plain.execute("SHOW TimeZone").fetchone() == (pgtz or "Europe/Berlin",)
         with connect(url, schema=schema) as conn:
             assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+            conn.rollback()  # the caller's first transaction rolled back keeps the zone
             stamp = scalar(conn, "SELECT '2016-12-19 07:55:00+01'::timestamptz")
         assert stamp.utcoffset() == timedelta(0) and stamp.hour == 6
+        with connect(url, schema=schema, autocommit=True) as conn:
+            assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
     finally:
         with connect(database_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
