@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     twin_network: str = "cologne8"
     twin_speedup: float = Field(default=60.0, gt=0)
     twin_start: str | None = None  # ISO-8601 UTC for simulated t=0; default: now
+    # an approved signal change the controller has not applied this many seconds after its
+    # approval fails instead (streaming/control.py): an approval is a decision about the traffic
+    # of its time, not of whenever the controller comes back; at most a day (an older approval
+    # never describes the traffic now); rollbacks, which restore an approved plan, are not bounded
+    control_max_delay_s: float = Field(default=900.0, gt=0, le=86400)
     aqi_standard: Literal["us_epa", "china_hj633"] = "us_epa"
 
     # NL-query service (nlq/service.py; tokens, actions and audit in the tables of 0005)

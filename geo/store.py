@@ -206,7 +206,7 @@ def register_points(
             raise PointError(
                 table, row, f"city {row['city_id']!r} is not in the zone index's cities"
             )
-        lon, lat = float(row["longitude"]), float(row["latitude"])
+        lon, lat = _coordinate(table, row, "longitude"), _coordinate(table, row, "latitude")
         try:
             check_lonlat(lon, lat)
         except GeoError as err:
@@ -229,6 +229,18 @@ def register_points(
         summary.unchanged,
     )
     return summary
+
+
+def _coordinate(table: str, row: Mapping[str, Any], column: str) -> float:
+    """A row's coordinate as float; PointError naming the column when it is not a number (a
+    decimal comma, as German CSV files write them, is refused rather than guessed at)."""
+    value = row[column]
+    if not isinstance(value, bool):  # float(True) is 1.0: a flag, not a coordinate
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise PointError(table, row, f"{column} {value!r} is not a number")
 
 
 def register_sensors(

@@ -3,10 +3,13 @@
 ``ActionService.propose`` stores every draft the pipeline hands over, as ``proposed`` when it
 keeps the rules below and as ``rejected`` with the reason when it breaks one:
 
-- signal_timing: the intersection and the phase exist; the new green lies within the phase's
-  ``[min_green_s, max_green_s]``; the cycle Σ(green_s + intergreen_s) after the change lies
-  within the configured bounds; intergreens (yellow + all-red) are never changed; at most one
-  pending (proposed, or approved and not yet applied) change per intersection.
+- signal_timing: the intersection and the phase exist; the new green, rounded to the
+  controller's resolution (``cityos.streaming.control.GREEN_DECIMALS``, SUMO's milliseconds:
+  what is approved is what runs), lies within the phase's ``[min_green_s, max_green_s]``; the
+  cycle Σ(green_s + intergreen_s) after the change lies within the configured bounds;
+  intergreens (yellow + all-red) are never changed; at most one pending change per intersection
+  (proposed; approved or sent and not yet applied; or applied with a rollback sent and not yet
+  confirmed: each would change the plan the proposal is checked against).
 - alert: acknowledge needs a firing alert, resolve a firing or acknowledged one; raise needs a
   zone that exists, a severity (info | warning | critical) and a message.
 
@@ -17,8 +20,10 @@ applied to ``alerts`` at once; an approved signal change goes to the configured 
 an asynchronous one (``cityos.nlq.actuator.KafkaActuator``) only hands the change on: the action
 is ``sent`` until the controller (``cityos.streaming.control``) confirms it as ``applied`` or
 ``failed``. ``rollback`` restores the green in force before an applied change, the same way;
-it is refused while another change of the intersection is approved or sent (the controller
-would apply that one first, and the rollback would then undo it).
+it is refused while another change (or rollback) of the intersection is pending (the controller
+would apply that one first, and the rollback would then undo it or be checked against a plan
+about to change), and when the restored green would break the phase's limits or the cycle
+bounds with the other phases as they run now.
 Every step lands in ``action_audit`` with who, when, and the target's state before and after.
 """
 
@@ -43,12 +48,14 @@ from cityos.nlq.auth import Principal
 from cityos.nlq.errors import NLQError
 from cityos.nlq.reply import ActionDraft
 from cityos.settings import Settings
+from cityos.streaming.control import GREEN_DECIMALS, round_green, same_green
 
 log = logging.getLogger(__name__)
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
 PENDING = ("proposed", "approved", "sent")  # the statuses that hold an intersection
+ROLLBACK_SENT = "rollback sent"  # an applied action whose rollback the controller has not confirmed
 APPLIED_STEP = ("apply", "applied")  # the audit step, and status after it, that applied a change
 SEVERITIES = ("info", "warning", "critical")
 MAX_MESSAGE_CHARS = 500
@@ -333,9 +340,13 @@ class ActionService:
 
         Only the latest change of its phase can be rolled back (the phase must still run the
         green it set), not while another change of the intersection is approved or sent (it
-        would take effect first and the rollback would undo it), and one rollback at a time. A
-        synchronous actuator confirms at once (``rolled_back``); through ``KafkaActuator`` the
-        action stays ``applied`` until the controller confirms the rollback."""
+        would take effect first and the rollback would undo it), one rollback per intersection
+        at a time, and only when the restored green keeps the phase's limits and the cycle
+        bounds with the other phases as they run now (changes applied since may have moved the
+        cycle: a rollback is a change like any other). A synchronous actuator confirms at once
+        (``rolled_back``); through ``KafkaActuator`` the action stays ``applied`` until the
+        controller confirms the rollback, and meanwhile holds its intersection like a pending
+        change (``ROLLBACK_SENT``)."""
         self._require_operator(principal, "roll back")
         with self._connect() as conn:
             action = self._load_locked(conn, action_id)
@@ -346,12 +357,16 @@ class ActionService:
                 )
             if self._actuator is None:
                 raise ActionConflict("no actuator is configured, so no controller can be changed")
-            newer = _one(  # the intersection's lock keeps another approval out meanwhile
-                conn,
-                "SELECT action_id, status FROM actions WHERE intersection_id = %s"
-                " AND status IN ('approved', 'sent') AND action_id <> %s",
-                (action.intersection_id, action_id),
-            )
+            if action.intersection_id is None:
+                raise ActionConflict(f"action {action_id} names no intersection")
+            # the intersection's lock keeps another approval or rollback out meanwhile
+            newer = _pending(conn, action.intersection_id, action_id)
+            if newer is not None and newer["status"] == ROLLBACK_SENT:
+                raise ActionConflict(
+                    f"the rollback of action {newer['action_id']} is pending at "
+                    f"{action.intersection_id}: the plan changes when the controller confirms it; "
+                    f"roll back {action_id} after that"
+                )
             if newer is not None:
                 raise ActionConflict(
                     f"action {newer['action_id']} ({newer['status']}) is pending at "
@@ -375,21 +390,32 @@ class ActionService:
                 raise ActionConflict(f"action {action_id} has no recorded green before it")
             if trail[-1]["step"] == "rollback":
                 raise ActionConflict(f"a rollback of action {action_id} is already under way")
-            phase = _one(
+            phases = _all(  # the plan in force, every phase: the cycle depends on all of them
                 conn,
-                "SELECT green_s FROM signal_phases WHERE intersection_id = %s AND phase_index = %s"
-                " FOR UPDATE",
-                (action.intersection_id, phase_index),
+                "SELECT phase_index, description, green_s, intergreen_s, min_green_s, max_green_s"
+                " FROM signal_phases WHERE intersection_id = %s ORDER BY phase_index FOR UPDATE",
+                (action.intersection_id,),
             )
-            if phase is None or phase["green_s"] != green_s:
+            phase = next((p for p in phases if p["phase_index"] == phase_index), None)
+            if phase is None or not same_green(phase["green_s"], green_s):
                 now_s = "gone" if phase is None else _seconds(phase["green_s"])
                 raise ActionConflict(
                     f"phase {phase_index} at {action.intersection_id} runs {now_s} now, not the "
                     f"{_seconds(green_s)} action {action_id} set; roll back the later change first"
                 )
             before_s = float(previous["green_s"])
-            before = {"phase_index": phase_index, "green_s": green_s}
-            after = {"phase_index": phase_index, "green_s": before_s}
+            cycle = _cycle(phases)
+            new_cycle = round(cycle - phase["green_s"] + before_s, GREEN_DECIMALS)
+            problems = self._timing_problems(
+                _intersection_name(conn, action.intersection_id), phase, before_s, new_cycle
+            )
+            if problems:  # the other phases changed since: restoring would break the limits
+                raise ActionConflict(
+                    f"action {action_id} cannot be rolled back to {_seconds(before_s)}: "
+                    f"{'; '.join(problems)}; change the other phases first or propose a new green"
+                )
+            before = {"phase_index": phase_index, "green_s": phase["green_s"], "cycle_s": cycle}
+            after = {"phase_index": phase_index, "green_s": before_s, "cycle_s": new_cycle}
             try:
                 confirmed = self._actuator.rollback(action, before_s)
             except Exception as err:
@@ -532,16 +558,17 @@ class ActionService:
         if params.keys() - SIGNAL_PARAMS:
             extra = ", ".join(sorted(params.keys() - SIGNAL_PARAMS))
             return Assessment.invalid(f"unexpected parameters: {extra}", target, params)
-        phase_index, green_s = (
+        phase_index, requested_s = (
             _phase_index(params.get("phase_index")),
             _number(params.get("green_s")),
         )
-        if phase_index is None or green_s is None:
+        if phase_index is None or requested_s is None:
             return Assessment.invalid(
                 "a signal timing change needs a phase number and a new green time in seconds",
                 target,
                 params,
             )
+        green_s = round_green(requested_s)  # what the controller can run, so what is approved
         target, params = (
             {"intersection_id": intersection_id},
             {"phase_index": phase_index, "green_s": green_s},
@@ -566,15 +593,39 @@ class ActionService:
                 f"{name} has no phase {phase_index} (its phases: {known})", target, params
             )
 
-        cycle = sum(p["green_s"] + p["intergreen_s"] for p in phases)
-        new_cycle = cycle - phase["green_s"] + green_s
+        cycle = _cycle(phases)
+        new_cycle = round(cycle - phase["green_s"] + green_s, GREEN_DECIMALS)
         before = {"phase_index": phase_index, "green_s": phase["green_s"], "cycle_s": cycle}
         after = {"phase_index": phase_index, "green_s": green_s, "cycle_s": new_cycle}
-        where = f"phase {phase_index} ({phase['description']}) at {name}"
         change = (
-            f"{where}: green {_seconds(phase['green_s'])} -> {_seconds(green_s)}, "
+            f"phase {phase_index} ({phase['description']}) at {name}: green "
+            f"{_seconds(phase['green_s'])} -> {_seconds(green_s)}, "
             f"cycle {_seconds(cycle)} -> {_seconds(new_cycle)}"
         )
+        if _seconds(requested_s) != _seconds(green_s):
+            resolution = 10.0**-GREEN_DECIMALS
+            change += f" ({_seconds(requested_s)} rounded to the controller's {resolution:g} s)"
+        problems = self._timing_problems(name, phase, green_s, new_cycle)
+        # an unapproved proposal is superseded by a valid new one instead
+        pending = _pending(conn, intersection_id, action_id)
+        if pending is not None:
+            wait = (
+                "wait until the controller confirms it"
+                if pending["status"] == ROLLBACK_SENT
+                else "approve or reject it first"
+            )
+            problems.append(
+                f"action {pending['action_id']} ({pending['status']}) is already pending at "
+                f"{name}; {wait}"
+            )
+        return Assessment(change, target, params, problems, before, after)
+
+    def _timing_problems(
+        self, name: str, phase: dict[str, Any], green_s: float, new_cycle: float
+    ) -> list[str]:
+        """What a green on ``phase`` (a ``signal_phases`` row) breaks: the phase's limits, and
+        the configured cycle bounds with the cycle it gives."""
+        where = f"phase {phase['phase_index']} ({phase['description']}) at {name}"
         problems = []
         low, high = phase["min_green_s"], phase["max_green_s"]
         if green_s < low:
@@ -591,18 +642,7 @@ class ActionService:
                 f"the cycle at {name} would be {_seconds(new_cycle)}, outside the allowed "
                 f"{min_cycle:g}-{max_cycle:g} s"
             )
-        pending = _one(  # an unapproved proposal is superseded by a valid new one instead
-            conn,
-            "SELECT action_id, status FROM actions WHERE intersection_id = %s"
-            " AND status IN ('approved', 'sent') AND action_id IS DISTINCT FROM %s",
-            (intersection_id, action_id),
-        )
-        if pending is not None:
-            problems.append(
-                f"action {pending['action_id']} ({pending['status']}) is already pending at "
-                f"{name}; approve or reject it first"
-            )
-        return Assessment(change, target, params, problems, before, after)
+        return problems
 
     def _assess_alert(
         self, conn: psycopg.Connection, target: dict[str, Any], params: dict[str, Any]
@@ -861,6 +901,38 @@ class ActionService:
                 note,
             ),
         )
+
+
+def _cycle(phases: list[dict[str, Any]]) -> float:
+    """The cycle of an intersection's ``signal_phases`` rows: Σ(green_s + intergreen_s)."""
+    return round(sum(p["green_s"] + p["intergreen_s"] for p in phases), GREEN_DECIMALS)
+
+
+def _intersection_name(conn: psycopg.Connection, intersection_id: str) -> str:
+    row = _one(
+        conn, "SELECT name FROM intersections WHERE intersection_id = %s", (intersection_id,)
+    )
+    return row["name"] if row else intersection_id
+
+
+def _pending(
+    conn: psycopg.Connection, intersection_id: str, action_id: str | None
+) -> dict[str, Any] | None:
+    """Another action that will change the intersection's plan before anything decided now
+    (its id and status): approved or sent and not yet confirmed, or applied with a rollback
+    sent and not yet confirmed or refused (its latest audit step is the request; status
+    ``ROLLBACK_SENT`` here). None when there is none. Proposals are not counted: a valid new
+    proposal supersedes an unapproved one."""
+    return _one(
+        conn,
+        "SELECT a.action_id, CASE WHEN a.status = 'applied' THEN %s ELSE a.status END AS status"
+        " FROM actions a WHERE a.intersection_id = %s AND a.action_id IS DISTINCT FROM %s"
+        " AND (a.status IN ('approved', 'sent') OR (a.status = 'applied' AND 'rollback' = ("
+        "SELECT s.step FROM action_audit s WHERE s.action_id = a.action_id"
+        " ORDER BY s.audit_id DESC LIMIT 1)))"
+        " ORDER BY a.proposed_at, a.action_id LIMIT 1",
+        (ROLLBACK_SENT, intersection_id, action_id),
+    )
 
 
 def _lock_intersection(conn: psycopg.Connection, intersection_id: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import libsumo
 import pytest
@@ -97,6 +98,15 @@ def sumo_green(sim, tls_id, phase_index):
         lg for lg in libsumo.trafficlight.getAllProgramLogics(tls_id) if lg.programID == program
     )
     return logic.phases[sumo_index].duration
+
+
+def sumo_cycle(sim, tls_id):
+    """The cycle of SUMO's running program: every phase, greens and intergreens."""
+    program = libsumo.trafficlight.getProgram(tls_id)
+    logic = next(
+        lg for lg in libsumo.trafficlight.getAllProgramLogics(tls_id) if lg.programID == program
+    )
+    return sum(phase.duration for phase in logic.phases)
 
 
 def plan(database_url, schema, tls_id, phase_index):
@@ -352,13 +362,9 @@ def test_the_controller_refuses_a_rollback_that_would_undo_a_newer_change(
     assert trail(service, first.action_id)[-1] == ("fail", "actuator:sumo", "applied")
 
 
-def test_a_change_applied_again_after_a_database_error_records_the_green_it_replaced(
-    sim, loop, service, people, database_url, pg_schema
-):
-    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
-    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
-    # the database drops the controller's connection when it records the change: SUMO already
-    # runs it, the record is lost and the message is read and applied again
+def drop_connection_on_confirm(database_url, pg_schema):
+    """The database drops the controller's connection when it records a change: SUMO already
+    runs it, the record is lost, and the loop reads the message again on its next poll."""
     with connect(database_url, pg_schema, autocommit=True) as conn:
         conn.execute(
             "CREATE FUNCTION drop_connection() RETURNS trigger LANGUAGE plpgsql AS $$"
@@ -369,6 +375,14 @@ def test_a_change_applied_again_after_a_database_error_records_the_green_it_repl
             "CREATE TRIGGER drop_connection BEFORE INSERT ON action_audit FOR EACH ROW"
             " WHEN (NEW.actor = 'actuator:sumo') EXECUTE FUNCTION drop_connection()"
         )
+
+
+def test_a_change_applied_again_after_a_database_error_records_the_green_it_replaced(
+    sim, loop, service, people, database_url, pg_schema
+):
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
+    drop_connection_on_confirm(database_url, pg_schema)
     try:
         poll_until(
             sim, loop, lambda: sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0, "SUMO runs the change"
@@ -412,3 +426,253 @@ def test_a_rollback_the_control_topic_does_not_take_raises_actuator_unavailable(
     assert trail(service, proposed.action_id)[-1] == ("apply", "actuator:sumo", "applied")
     rolling = service.rollback(proposed.action_id, people["alice"])  # nothing stands in its way
     assert rolling.status == "applied" and "rollback to 78 s sent" in (rolling.note or "")
+
+
+def applied_change(sim, loop, service, people, phase_index, green_s):
+    """A change of NEUSSER_WILHELM proposed by alice, approved by bob and applied by the loop."""
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, phase_index, green_s), people["alice"])
+    assert proposed.status == "proposed", proposed.reason
+    service.approve(proposed.action_id, people["bob"])
+    done = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert done.status == "applied", done.note
+    return done
+
+
+def test_a_rollback_that_would_take_the_cycle_below_its_minimum_is_refused(
+    sim, loop, service, people, database_url, pg_schema
+):
+    assert sumo_cycle(sim, NEUSSER_WILHELM) == 90.0
+    first = applied_change(sim, loop, service, people, 1, 20)  # cycle 78+3+20+3 = 104 s
+    applied_change(sim, loop, service, people, 0, 10)  # cycle 10+3+20+3 = 36 s
+    # restoring phase 1's 6 s now would give 10+3+6+3 = 22 s, below CITYOS_NLQ_MIN_CYCLE_S
+    with pytest.raises(ActionConflict, match="the cycle at .* would be 22 s, outside the allowed"):
+        service.rollback(first.action_id, people["alice"])
+    assert trail(service, first.action_id)[-1] == ("apply", "actuator:sumo", "applied")
+    assert sumo_green(sim, NEUSSER_WILHELM, 1) == 20.0
+    assert sumo_cycle(sim, NEUSSER_WILHELM) == 36.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 1) == 20.0
+
+
+def test_a_rollback_on_its_way_holds_the_intersection_like_a_pending_change(
+    sim, loop, service, people, database_url, pg_schema
+):
+    first = applied_change(sim, loop, service, people, 1, 20)
+    earlier = service.propose(signal_draft(NEUSSER_WILHELM, 0, 40), people["bob"])
+    assert earlier.status == "proposed", earlier.reason
+    rolling = service.rollback(first.action_id, people["alice"])  # on the topic, not yet read
+    assert rolling.status == "applied"
+    # checked against phase 1 at 20 s, 10 s would pass (36 s); with the rollback it is 22 s
+    late = service.propose(signal_draft(NEUSSER_WILHELM, 0, 10), people["alice"])
+    assert late.status == "rejected"
+    assert f"action {first.action_id} (rollback sent) is already pending" in late.reason
+    refused = service.approve(earlier.action_id, people["alice"])
+    assert refused.status == "failed" and "(rollback sent) is already pending" in refused.note
+
+    rolled = run_until(sim, loop, service, first.action_id, ("rolled_back",))
+    assert rolled.status == "rolled_back"
+    assert sumo_green(sim, NEUSSER_WILHELM, 1) == 6.0
+    again = service.propose(signal_draft(NEUSSER_WILHELM, 0, 10), people["alice"])
+    assert again.status == "rejected" and "would be 22 s, outside the allowed" in again.reason
+    free = service.propose(signal_draft(NEUSSER_WILHELM, 0, 40), people["alice"])
+    assert free.status == "proposed", free.reason
+
+
+def test_the_controller_refuses_a_rollback_that_would_break_the_cycle_bounds(
+    sim, loop, service, actuator, people, database_url, pg_schema
+):
+    first = applied_change(sim, loop, service, people, 1, 20)
+    applied_change(sim, loop, service, people, 0, 10)
+    # the rollback on the topic all the same (as a service without the check would send it)
+    actuator.send(ControlChange(first.action_id, NEUSSER_WILHELM, 1, 6.0, "rollback"))
+    poll_until(
+        sim, loop, lambda: loop.stats.failed + loop.stats.rolled_back == 1, "the rollback handled"
+    )
+    assert (loop.stats.applied, loop.stats.rolled_back, loop.stats.failed) == (2, 0, 1)
+    kept = service.get(first.action_id)
+    assert kept.status == "applied" and "would be 22 s, outside the allowed 30-180 s" in (
+        kept.note or ""
+    )
+    assert sumo_green(sim, NEUSSER_WILHELM, 1) == 20.0
+    assert sumo_cycle(sim, NEUSSER_WILHELM) == 36.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 1) == 20.0
+    refusal = service.audit_trail(first.action_id)[-1]
+    assert (refusal["step"], refusal["actor"], refusal["status_after"]) == (
+        "fail",
+        "actuator:sumo",
+        "applied",
+    )
+    assert refusal["before"] == {"phase_index": 1, "green_s": 20.0}
+    assert refusal["after"]["green_s"] == 20.0  # what the controller runs
+
+
+def test_a_green_finer_than_the_controller_runs_is_rounded_when_proposed(
+    sim, loop, service, people, database_url, pg_schema
+):
+    # SUMO keeps durations in whole milliseconds: 7.3333 s would run as 7.333 s
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 1, 7.3333), people["alice"])
+    assert proposed.status == "proposed", proposed.reason
+    assert proposed.params["green_s"] == 7.333
+    assert "green 6 s -> 7.333 s" in proposed.reason
+    assert "(7.3333 s rounded to the controller's 0.001 s)" in proposed.reason
+    service.approve(proposed.action_id, people["bob"])
+    applied = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert applied.status == "applied", applied.note
+    assert sumo_green(sim, NEUSSER_WILHELM, 1) == 7.333
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 1) == 7.333
+    assert service.audit_trail(proposed.action_id)[-1]["after"]["green_s"] == 7.333
+
+    # a relative change's arithmetic: 60.1 + 0.2 is 60.300000000000004
+    relative = applied_change(sim, loop, service, people, 0, 60.1 + 0.2)
+    assert relative.params["green_s"] == 60.3
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 60.3
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 60.3
+
+
+def test_a_green_approved_unrounded_runs_and_is_recorded_as_the_controller_reads_it_back(
+    sim, loop, service, people, database_url, pg_schema
+):
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 1, 7), people["alice"])
+    # as an action stored before proposals were rounded to the controller's milliseconds
+    with connect(database_url, pg_schema, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE actions SET params = jsonb_set(params, '{green_s}', '7.3333')"
+            " WHERE action_id = %s",
+            (proposed.action_id,),
+        )
+    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
+    applied = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert applied.status == "applied", applied.note
+    assert sumo_green(sim, NEUSSER_WILHELM, 1) == 7.333
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 1) == 7.333
+    assert service.audit_trail(proposed.action_id)[-1]["after"]["green_s"] == 7.333
+
+    service.rollback(proposed.action_id, people["alice"])  # the phase runs its 7.3333 s
+    run_until(sim, loop, service, proposed.action_id, ("rolled_back",))
+    assert sumo_green(sim, NEUSSER_WILHELM, 1) == 6.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 1) == 6.0
+
+
+def test_a_change_whose_record_was_lost_and_that_was_rejected_then_stops_running(
+    sim, loop, service, people, database_url, pg_schema
+):
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
+    drop_connection_on_confirm(database_url, pg_schema)
+    try:
+        poll_until(
+            sim, loop, lambda: sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0, "SUMO runs the change"
+        )
+        # the operator rejects what the record says was never applied
+        assert service.reject(proposed.action_id, people["alice"]).status == "rejected"
+    finally:
+        with connect(database_url, pg_schema, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER drop_connection ON action_audit")
+    poll_until(sim, loop, lambda: loop.stats.skipped == 1, "the replay skipped")
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0  # the plan in force again
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
+    assert service.get(proposed.action_id).status == "rejected"
+
+
+def test_messages_the_database_cannot_take_are_skipped_and_the_next_change_applies(
+    sim, loop, service, actuator, people
+):
+    # a NUL and a lone surrogate: psycopg cannot send either, and neither is an action id
+    for action_id in (b"act_\\u0000", b"act_\\ud800"):
+        value = (
+            b'{"action_id":"' + action_id + b'","intersection_id":"32319828","phase_index":0,'
+            b'"green_s":60}'
+        )
+        actuator._producer.send(actuator.topic, key=b"32319828", value=value).get(timeout=10)
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    service.approve(proposed.action_id, people["bob"])
+    applied = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert applied.status == "applied", applied.note
+    assert (loop.stats.bad, loop.stats.applied) == (2, 1)
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0
+
+
+def test_a_change_that_cannot_be_recorded_is_put_back_failed_and_skipped(
+    sim, loop, service, people, database_url, pg_schema
+):
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
+    # not a database that is away (that is retried) but one that refuses the record for good
+    with connect(database_url, pg_schema, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_apply() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN RAISE EXCEPTION 'no apply rows today'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_apply BEFORE INSERT ON action_audit FOR EACH ROW"
+            " WHEN (NEW.actor = 'actuator:sumo' AND NEW.step = 'apply')"
+            " EXECUTE FUNCTION refuse_apply()"
+        )
+    try:
+        failed = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    finally:
+        with connect(database_url, pg_schema, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER refuse_apply ON action_audit")
+    assert failed.status == "failed" and "no apply rows today" in (failed.note or "")
+    assert (loop.stats.bad, loop.stats.applied) == (1, 0)
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0  # put back: nothing recorded it
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
+    last = service.audit_trail(proposed.action_id)[-1]
+    assert (last["step"], last["actor"], last["status_after"]) == (
+        "fail",
+        "actuator:sumo",
+        "failed",
+    )
+    assert last["after"]["green_s"] == 78.0
+    # the message was committed (it does not come back) and the twin goes on
+    applied_change(sim, loop, service, people, 0, 65)
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 65.0
+    assert loop.stats.bad == 1
+
+
+def test_a_message_that_does_not_match_its_action_is_skipped_not_held_against_it(
+    sim, loop, actuator, control_settings, people, database_url, pg_schema
+):
+    # no actuator: the approved change waits (``approved``) until its message comes
+    quiet = ActionService(lambda: connect(database_url, pg_schema), control_settings)
+    proposed = quiet.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert quiet.approve(proposed.action_id, people["bob"]).status == "approved"
+    action_id = proposed.action_id
+    actuator.send(ControlChange(action_id, NEUSSER_WILHELM, 0, 61.0))  # another green
+    actuator.send(ControlChange(action_id, NEUSSER_WILHELM, 1, 60.0))  # another phase
+    nan = b'{"action_id":"%s","intersection_id":"32319828","phase_index":0,"green_s":NaN}'
+    value = nan % action_id.encode()
+    actuator._producer.send(actuator.topic, key=b"32319828", value=value).get(timeout=10)
+
+    def handled():
+        return loop.stats.skipped + loop.stats.bad + loop.stats.failed == 3
+
+    poll_until(sim, loop, handled, "the strays handled")
+    assert quiet.get(action_id).status == "approved"
+    assert (loop.stats.skipped, loop.stats.bad, loop.stats.failed) == (2, 1, 0)
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
+
+    actuator.send(ControlChange(action_id, NEUSSER_WILHELM, 0, 60.0))  # the approved change
+    applied = run_until(sim, loop, quiet, action_id, ("applied", "failed"))
+    assert applied.status == "applied", applied.note
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0
+
+
+def test_an_approval_older_than_the_maximum_delay_is_not_applied(
+    sim, loop, actuator, control_settings, service, people, database_url, pg_schema
+):
+    assert control_settings.control_max_delay_s == 900.0
+    # approved two hours ago (the controller was down since): the traffic is not the same
+    then = ActionService(
+        lambda: connect(database_url, pg_schema),
+        control_settings,
+        actuator,
+        clock=lambda: datetime.now(UTC) - timedelta(hours=2),
+    )
+    proposed = then.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert then.approve(proposed.action_id, people["bob"]).status == "sent"
+    failed = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
+    assert failed.status == "failed"
+    assert "not applied within 900 s (CITYOS_CONTROL_MAX_DELAY_S)" in (failed.note or "")
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
+    assert trail(service, proposed.action_id)[-1] == ("fail", "actuator:sumo", "failed")

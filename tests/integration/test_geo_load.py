@@ -171,6 +171,13 @@ def test_register_sensors_and_intersections(
         register_sensors(conn, [{**sensor, "zone": "x"}], zones)
     with pytest.raises(PointError, match="not in the zone index's cities"):
         register_sensors(conn, [{**sensor, "city_id": "beijing"}], zones)
+    # a decimal comma (German CSV files), a missing value read as text, a flag
+    with pytest.raises(PointError, match="longitude '6,95' is not a number"):
+        register_sensors(conn, [{**sensor, "longitude": "6,95"}], zones)
+    with pytest.raises(PointError, match="latitude 'n/a' is not a number"):
+        register_intersections(conn, [{**intersection, "latitude": "n/a"}], zones)
+    with pytest.raises(PointError, match="latitude True is not a number"):
+        register_sensors(conn, [{**sensor, "latitude": True}], zones)
     assert scalar(conn, "SELECT count(*) FROM sensors") == 1
 
 
