@@ -4,13 +4,16 @@ A version's folder holds ``model.json`` (version, detector configuration, traini
 metrics) and ``states.parquet``: one trained detector state per (sensor, metric), with the end of
 the data it has seen. Exactly one version of a family is ``production`` (a partial unique index
 enforces it); promotion archives the previous one in the same transaction. The streaming job
-polls :func:`production` and seeds its detectors from the new version's states.
+polls :func:`production` and seeds its detectors from the new version's states, so a version's
+folder is written once, under a hidden name renamed into place, and never rewritten.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -62,34 +65,50 @@ def save_model(
     data_end: datetime,
     metrics: Mapping[str, Any],
 ) -> Path:
-    """Write a version's folder: model.json and the trained states (sensor, metric, state, end)."""
+    """Write a version's folder: model.json and the trained states (sensor, metric, state, end).
+
+    A version's files are never rewritten (the streaming job may be reading them): the folder is
+    written under a hidden name beside it and renamed into place, complete; a folder that exists
+    already is refused with :class:`RegistryError`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [(s, m, d.to_bytes(), end) for s, m, d, end in states]
-    table = pa.table(
-        {
-            "sensor_id": pa.array([r[0] for r in rows], pa.string()),
-            "metric": pa.array([r[1] for r in rows], pa.string()),
-            "state": pa.array([r[2] for r in rows], pa.binary()),
-            "seen_until": pa.array([r[3] for r in rows], pa.timestamp("us", tz="UTC")),
-        }
-    )
-    pq.write_table(table, folder / STATES_FILE)
-    (folder / MODEL_FILE).write_text(
-        json.dumps(
+    if folder.exists():
+        raise RegistryError(f"model folder {folder} exists: a version's files are never rewritten")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = folder.parent / f".{folder.name}-{uuid.uuid4().hex[:8]}"
+    staged.mkdir()
+    try:
+        rows = [(s, m, d.to_bytes(), end) for s, m, d, end in states]
+        table = pa.table(
             {
-                "version": version,
-                "config": asdict(config),
-                "data_start": data_start.isoformat(),
-                "data_end": data_end.isoformat(),
-                "metrics": dict(metrics),
-                "states": len(rows),
-            },
-            indent=2,
+                "sensor_id": pa.array([r[0] for r in rows], pa.string()),
+                "metric": pa.array([r[1] for r in rows], pa.string()),
+                "state": pa.array([r[2] for r in rows], pa.binary()),
+                "seen_until": pa.array([r[3] for r in rows], pa.timestamp("us", tz="UTC")),
+            }
         )
-    )
+        pq.write_table(table, staged / STATES_FILE)
+        (staged / MODEL_FILE).write_text(
+            json.dumps(
+                {
+                    "version": version,
+                    "config": asdict(config),
+                    "data_start": data_start.isoformat(),
+                    "data_end": data_end.isoformat(),
+                    "metrics": dict(metrics),
+                    "states": len(rows),
+                },
+                indent=2,
+            )
+        )
+        staged.rename(folder)  # atomic; fails (ENOTEMPTY) if another run put the folder there
+    except OSError as err:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise RegistryError(f"cannot write model folder {folder}: {err}") from err
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     return folder
 
 
@@ -151,13 +170,15 @@ def register(
     status: str = "candidate",
     note: str | None = None,
 ) -> ModelVersion:
-    """Record a version (idempotent: registering the same version again updates its metrics)."""
+    """Record a version; registering the same version again updates its path, metrics, training
+    range and note (never its status: see :func:`set_status`)."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "INSERT INTO model_registry (family, version, path, status, metrics, data_start,"
             " data_end, note) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (family, version) DO UPDATE SET metrics = excluded.metrics,"
-            " note = excluded.note RETURNING *",
+            " ON CONFLICT (family, version) DO UPDATE SET path = excluded.path,"
+            " metrics = excluded.metrics, data_start = excluded.data_start,"
+            " data_end = excluded.data_end, note = excluded.note RETURNING *",
             (family, version, str(path), status, Jsonb(dict(metrics)), data_start, data_end, note),
         )
         return ModelVersion.from_row(cur.fetchone())  # type: ignore[arg-type]
@@ -185,6 +206,16 @@ def set_status(
         raise RegistryError(f"no model {family}/{version} in the registry")
     log.info("model %s/%s is now %s", family, version, status)
     return ModelVersion.from_row(row)
+
+
+def find(conn: psycopg.Connection, family: str, version: str) -> ModelVersion | None:
+    """A registered version, or None."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM model_registry WHERE family = %s AND version = %s", (family, version)
+        )
+        row = cur.fetchone()
+    return ModelVersion.from_row(row) if row else None
 
 
 def production(conn: psycopg.Connection, family: str) -> ModelVersion | None:

@@ -18,9 +18,19 @@ Called by the ``retrain_anomaly_models`` DAG (and ``cityos anomaly retrain``). F
 4. the candidate, with the held-out windows learnt too, is saved and registered; it is promoted
    only if its MASE beats production's (or nothing is in production).
 
-Same interval, same version name: a rerun or a backfill overwrites its own version and changes
-nothing else, so the task is idempotent. A backfill reaches as far back as the lake keeps dates
-(``lake_retention_days``).
+Production is only ever compared with, and replaced by, a newer model: when it was trained up to
+the interval's end or later (a rerun of an older day, a backfill), the candidate is registered as
+``candidate`` with a note and production is left alone; when it learnt part of the held-out period
+it cannot be scored fairly there, so nothing is promoted either (promote by hand:
+``cityos anomaly promote``). Statuses of other versions never change except by a promotion.
+
+The version name (:func:`model_version`) identifies the training: the interval, the look-back,
+the held-out period, the detector configuration and a digest of the windows learnt. A rerun or
+retry of the identical training finds its version registered and changes nothing (no files, no
+status, no promotion time); one with different inputs (another look-back, late events that
+reached the lake since) is a new version, compared as above. A version's folder is written under a
+hidden name and renamed into place, never rewritten. The look-back plus the held-out period and a
+day must fit in the lake's retention (``lake_retention_days``), else the run is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -41,6 +51,7 @@ from psycopg import sql
 from cityos.anomaly.detector import Detector, DetectorConfig, phase_for
 from cityos.anomaly.registry import (
     SeedStates,
+    find,
     production,
     register,
     save_model,
@@ -175,9 +186,38 @@ def bench_read(
     }
 
 
-def model_version(config: DetectorConfig, end: datetime) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
-    return f"{end.strftime('%Y%m%dT%H%MZ')}-{digest[:6]}"
+def model_version(
+    config: DetectorConfig,
+    interval_start: datetime,
+    interval_end: datetime,
+    lookback: timedelta,
+    holdout: timedelta,
+    data: str,
+) -> str:
+    """``<end>-<definition>-<data>``: the interval's end, a digest of everything that defines the
+    training (detector configuration, interval, look-back, held-out period) and the first
+    characters of :func:`data_digest` of the windows it learns. A different training gets a
+    different name; the identical one (a rerun, a retry) gets the same."""
+    definition = {
+        "config": asdict(config),
+        "interval_start": interval_start.astimezone(UTC).isoformat(),
+        "interval_end": interval_end.astimezone(UTC).isoformat(),
+        "lookback_s": lookback.total_seconds(),
+        "holdout_s": holdout.total_seconds(),
+    }
+    digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+    return f"{interval_end.astimezone(UTC).strftime('%Y%m%dT%H%MZ')}-{digest[:6]}-{data[:6]}"
+
+
+def data_digest(series: Series) -> str:
+    """SHA-256 of the windows, values to 12 significant digits (Spark's sums may differ in the
+    last bit from one read of the same files to the next)."""
+    digest = hashlib.sha256()
+    for (sensor, metric), points in sorted(series.items()):
+        digest.update(f"{sensor}\0{metric}\0{len(points)}\0".encode())
+        for w_start, w_end, value in points:
+            digest.update(f"{w_start.timestamp()},{w_end.timestamp()},{value:.12g};".encode())
+    return digest.hexdigest()
 
 
 def _learn(detector: Detector, points: list[tuple[datetime, datetime, float]]) -> None:
@@ -186,7 +226,16 @@ def _learn(detector: Detector, points: list[tuple[datetime, datetime, float]]) -
 
 
 def _holdout(detector: Detector, points: list[tuple[datetime, datetime, float]]):
-    """One-step forecast errors and flags over the points, learning as it goes (a stream)."""
+    """One-step forecast errors and flags over the points, learning as it goes (a stream).
+
+    Points at or before the last one the detector learnt are refused (ValueError): it would
+    stamp them as its latest point and forecast the wrong time, so the score would mean nothing.
+    """
+    if points and detector.last_ts is not None and points[0][0].timestamp() <= detector.last_ts:
+        raise ValueError(
+            f"held-out points from {points[0][0].isoformat()} are not after the detector's last"
+            f" learnt point ({datetime.fromtimestamp(detector.last_ts, UTC).isoformat()})"
+        )
     errors, flags = [], 0
     for w_start, _, value in points:
         if detector.count:
@@ -207,34 +256,49 @@ def retrain(
     interval_start: datetime,
     interval_end: datetime,
     *,
-    holdout: timedelta = timedelta(days=1),
-    lookback: timedelta = timedelta(days=14),
+    holdout: timedelta | None = None,
+    lookback: timedelta | None = None,
     config: DetectorConfig | None = None,
     spark: SparkSession | None = None,
 ) -> dict[str, Any]:
     """Train on the ``lookback`` up to the interval's end (the DAG's interval is a day; a
     detector wants weeks of a sensor's life), evaluate, register and maybe promote; returns a
-    summary of what happened. The windows come from the lake (``settings.lake_dir``);
-    :class:`LakeDataMissing` when it holds none of ``[interval_start, interval_end)``."""
+    summary of what happened. ``lookback`` and ``holdout`` default to the settings
+    (``retrain_lookback_days``, ``retrain_holdout_hours``). The windows come from the lake
+    (``settings.lake_dir``); :class:`LakeDataMissing` when it holds none of
+    ``[interval_start, interval_end)``."""
     config = config or DetectorConfig()
+    if lookback is None:
+        lookback = timedelta(days=settings.retrain_lookback_days)
+    if holdout is None:
+        holdout = timedelta(hours=settings.retrain_holdout_hours)
     data_start = min(interval_start, interval_end - lookback)
     if interval_end - data_start <= holdout:
         raise ValueError(
             f"the interval {data_start.isoformat()} .. {interval_end.isoformat()} is not "
             f"longer than the held-out {holdout}"
         )
+    kept = timedelta(days=settings.lake_retention_days)
+    if interval_end - data_start + holdout + timedelta(days=1) > kept:
+        raise ValueError(
+            f"the training data {data_start.isoformat()} .. {interval_end.isoformat()} (+ the"
+            f" held-out {holdout} + 1 day) is longer than the lake keeps dates"
+            f" (CITYOS_LAKE_RETENTION_DAYS={settings.lake_retention_days})"
+        )
     split = interval_end - holdout
-    version = model_version(config, interval_end)
     url = settings.database_url.get_secret_value()
     began = time.monotonic()
     spark = spark or _spark(settings)
     with connect(url, settings.database_schema, autocommit=True) as conn:
         current = production(conn, FAMILY)
-        seeds = SeedStates.open(current) if current is not None else None
+        current_end = current.data_end if current is not None else None
+        # production trained up to this interval's end or later: not compared, not replaced
+        newer = current_end is not None and interval_end <= current_end
+        compare = current is not None and not newer
         # production's detectors catch up from the end of their own training data
         since = data_start
-        if current is not None and current.data_end is not None and current.data_end < since:
-            since = current.data_end
+        if compare and current_end is not None and current_end < since:
+            since = current_end
         everything, read = read_lake_series(conn, spark, settings, since, interval_end)
         if not any(p[0] >= interval_start for points in everything.values() for p in points):
             raise LakeDataMissing(
@@ -245,10 +309,26 @@ def retrain(
             )
         series = _between(everything, data_start, interval_end)
         older = _between(everything, since, data_start)
+        data = data_digest(series)
+        version = model_version(config, interval_start, interval_end, lookback, holdout, data)
+        known = find(conn, FAMILY, version)
+        if known is not None:  # the identical training ran before: change nothing
+            log.info("retrain %s: already registered (%s), nothing changed", version, known.status)
+            return {
+                **known.metrics,
+                "version": version,
+                "promoted": False,
+                "status": known.status,
+                "unchanged": True,
+                "reason": f"the identical training is registered already ({known.status})",
+                "wall_s": round(time.monotonic() - began, 2),
+            }
+        seeds = SeedStates.open(current) if compare and current is not None else None
 
         candidate_score, production_score = HoldoutScore(), HoldoutScore()
         trained: list[tuple[str, str, Detector, datetime]] = []
         train_seconds = 0.0
+        seen_holdout = False  # production learnt part of the held-out period: no fair score
         for key, points in sorted(series.items()):
             sensor, metric = key
             train = [p for p in points if p[0] < split]
@@ -261,10 +341,13 @@ def retrain(
             errors, flags = _holdout(detector, test)
             candidate_score.add(errors, scale, flags)
             trained.append((sensor, metric, detector, points[-1][1]))
-            if seeds is not None:
+            if seeds is not None and not seen_holdout:
                 seeded = seeds.get(sensor, metric)
                 if seeded is not None:
                     incumbent, seen_until = seeded
+                    if seen_until > split:
+                        seen_holdout = True
+                        continue
                     catch_up = [p for p in older.get(key, []) + train if p[1] > seen_until]
                     _learn(incumbent, catch_up)
                     p_errors, p_flags = _holdout(incumbent, test)
@@ -273,43 +356,75 @@ def retrain(
                     p_errors, p_flags = _holdout(incumbent, test)
                 production_score.add(p_errors, scale, p_flags)
 
+        if current is None:
+            status, reason = "production", "no model in production"
+        elif newer:
+            status = "candidate"
+            reason = (
+                f"not newer than production {current.version} (trained up to"
+                f" {current_end}): registered, production left alone"
+            )
+        elif seen_holdout:
+            status = "candidate"
+            reason = (
+                f"production {current.version} learnt part of the held-out period (from"
+                f" {split.isoformat()}): it cannot be scored on it; registered, not promoted"
+            )
+        else:
+            better, reason = _better(candidate_score, production_score, current)
+            status = "production" if better else "rejected"
         sensors = len({k[0] for k in series})
+        scored = compare and not seen_holdout
         metrics: dict[str, Any] = {
             "candidate": candidate_score.summary(),
-            "production": production_score.summary() if current else None,
+            "production": production_score.summary() if scored else None,
             "production_version": current.version if current else None,
             "series": len(series),
             "sensors": sensors,
             "train_cpu_s": round(train_seconds, 3),
             "train_cpu_s_per_sensor": round(train_seconds / sensors, 4) if sensors else None,
+            "lookback": str(lookback),
             "holdout": str(holdout),
+            "first_window": min(p[0] for points in series.values() for p in points).isoformat(),
+            "data_sha256": data,
             "read": read,
         }
-        folder = save_model(
-            settings.model_dir / FAMILY / version,
-            version,
-            config,
-            trained,
-            data_start=data_start,
-            data_end=interval_end,
-            metrics=metrics,
-        )
-        register(
-            conn, FAMILY, version, folder, metrics, data_start=data_start, data_end=interval_end
-        )
-        better, reason = _better(candidate_score, production_score, current)
-        if current is not None and current.version == version:
-            better, reason = True, "this interval's version is already in production"
-        status = "production" if better else "rejected"
-        set_status(conn, FAMILY, version, status, note=reason)
+        folder = settings.model_dir / FAMILY / version
+        if folder.exists():  # this training's, whole, from a run that stopped before registering
+            log.info("model folder %s exists: kept, registered now", folder)
+        else:
+            save_model(
+                folder,
+                version,
+                config,
+                trained,
+                data_start=data_start,
+                data_end=interval_end,
+                metrics=metrics,
+            )
+        with conn.transaction():  # registered with its status, or not at all
+            register(
+                conn,
+                FAMILY,
+                version,
+                folder,
+                metrics,
+                data_start=data_start,
+                data_end=interval_end,
+                note=reason,
+            )
+            if status != "candidate":
+                set_status(conn, FAMILY, version, status, note=reason)
     summary = {
         "version": version,
-        "promoted": better,
+        "promoted": status == "production",
+        "status": status,
+        "unchanged": False,
         "reason": reason,
         "wall_s": round(time.monotonic() - began, 2),
         **metrics,
     }
-    log.info("retrain %s: %s (%s)", version, "promoted" if better else "rejected", reason)
+    log.info("retrain %s: %s (%s)", version, status, reason)
     return summary
 
 

@@ -13,8 +13,11 @@ For every registered sensor and an interval ``[start, end)`` of window starts:
   registry lists sensors long before a source streams them).
 
 Results are upserted into ``data_quality_checks`` keyed by (check, sensor, interval), so a re-run
-or a backfill replaces exactly its own rows. :func:`offline_observations` turns the silent values
-into ``sensor_offline`` observations for the alert engine (value 0 resolves the alert).
+or a backfill replaces exactly its own rows. :func:`offline_observations` turns each sensor's
+silence at every window boundary of the interval (each 5 minutes for a loop, each hour for a
+station) into ``sensor_offline`` observations for the alert engine (value 0 resolves the alert),
+so an outage inside the hour fires when it reaches the rule's threshold and resolves when data
+returns, both stamped at the moment they happened, not at the hour mark.
 
 Everything is a function of the interval, never of the wall clock: a backfill of last week
 gives the rows a live run would have given then, as far as the data has not changed since.
@@ -129,10 +132,49 @@ def _minutes(delta: timedelta) -> float:
 
 def silent_minutes(stats: SensorStats, end: datetime) -> float | None:
     """Minutes the sensor has been silent at ``end``; 0 within one window; None: never reported."""
-    if stats.last_end is None:
+    return _silence(KINDS[stats.kind], stats.last_end, end)
+
+
+def _silence(kind: Kind, last_end: datetime | None, moment: datetime) -> float | None:
+    if last_end is None:
         return None
-    lag = end - stats.last_end
-    return 0.0 if lag <= KINDS[stats.kind].window else _minutes(lag)
+    lag = moment - last_end
+    return 0.0 if lag <= kind.window else _minutes(lag)
+
+
+@dataclass(frozen=True)
+class SensorWindows:
+    """One sensor's windows of an interval, with the end of its newest window before it."""
+
+    sensor_id: str
+    city_id: str
+    kind: str
+    zone_id: str | None
+    before: datetime | None  # end of the newest window starting before the interval
+    windows: tuple[tuple[datetime, datetime], ...]  # (start, end) starting in it, in order
+
+
+def silence_timeline(
+    sensor: SensorWindows, start: datetime, end: datetime
+) -> list[tuple[datetime, float]]:
+    """``(moment, minutes silent)`` at each window boundary in ``(start, end]`` (and ``end``),
+    as :func:`silent_minutes` would say at that moment; none while the sensor never reported."""
+    kind = KINDS[sensor.kind]
+    moments = []
+    moment = start + kind.window
+    while moment < end:
+        moments.append(moment)
+        moment += kind.window
+    moments.append(end)
+    timeline: list[tuple[datetime, float]] = []
+    last_end, i = sensor.before, 0
+    for moment in moments:
+        while i < len(sensor.windows) and sensor.windows[i][0] < moment:
+            last_end, i = sensor.windows[i][1], i + 1
+        minutes = _silence(kind, last_end, moment)
+        if minutes is not None:
+            timeline.append((moment, minutes))
+    return timeline
 
 
 def evaluate(stats: SensorStats, start: datetime, end: datetime) -> list[CheckResult]:
@@ -212,6 +254,30 @@ def sensor_stats(conn: psycopg.Connection, start: datetime, end: datetime) -> li
                     {r.column: n for r, n in zip(kind.ranges, outside, strict=True)},
                 )
             )
+    return found
+
+
+def _windows_query(kind: Kind) -> sql.Composed:
+    return sql.SQL(
+        "SELECT s.sensor_id, s.city_id, s.zone_id,"
+        " (SELECT t.window_end FROM {table} t WHERE t.sensor_id = s.sensor_id"
+        "  AND t.window_start < %(start)s ORDER BY t.window_start DESC LIMIT 1),"
+        " ARRAY(SELECT t.window_start FROM {table} t WHERE t.sensor_id = s.sensor_id"
+        "  AND t.window_start >= %(start)s AND t.window_start < %(end)s ORDER BY t.window_start),"
+        " ARRAY(SELECT t.window_end FROM {table} t WHERE t.sensor_id = s.sensor_id"
+        "  AND t.window_start >= %(start)s AND t.window_start < %(end)s ORDER BY t.window_start)"
+        " FROM sensors s WHERE s.kind = %(kind)s ORDER BY s.sensor_id"
+    ).format(table=sql.Identifier(kind.table))
+
+
+def sensor_windows(conn: psycopg.Connection, start: datetime, end: datetime) -> list[SensorWindows]:
+    """Per registered sensor, its windows starting in ``[start, end)`` and the newest before."""
+    found: list[SensorWindows] = []
+    for name, kind in KINDS.items():
+        rows = conn.execute(_windows_query(kind), {"start": start, "end": end, "kind": name})
+        for sensor_id, city_id, zone_id, before, starts, ends in rows:
+            windows = tuple(zip(starts, ends, strict=True))
+            found.append(SensorWindows(sensor_id, city_id, name, zone_id, before, windows))
     return found
 
 
@@ -300,27 +366,26 @@ def run_checks(
 
 
 # ----------------------------------------------------------------------------- alerts
-def offline_observations(stats: Sequence[SensorStats], end: datetime) -> list[Observation]:
-    """``sensor_offline`` observations at ``end``: minutes silent (0 = reporting, resolves).
+def offline_observations(
+    sensors: Sequence[SensorWindows], start: datetime, end: datetime
+) -> list[Observation]:
+    """``sensor_offline`` observations at each window boundary of ``(start, end]``: minutes
+    silent then (0 = reporting, resolves). The engine applies them in time order.
 
     Sensors that never reported are left out: no reading, no alert.
     """
-    observations = []
-    for s in stats:
-        minutes = silent_minutes(s, end)
-        if minutes is None:
-            continue
-        observations.append(
-            Observation(
-                rule_id=OFFLINE_RULE,
-                city_id=s.city_id,
-                value=minutes,
-                at=end,
-                sensor_id=s.sensor_id,
-                zone_id=s.zone_id,
-            )
+    return [
+        Observation(
+            rule_id=OFFLINE_RULE,
+            city_id=s.city_id,
+            value=minutes,
+            at=moment,
+            sensor_id=s.sensor_id,
+            zone_id=s.zone_id,
         )
-    return observations
+        for s in sensors
+        for moment, minutes in silence_timeline(s, start, end)
+    ]
 
 
 # ----------------------------------------------------------------------------- DAG entry points
@@ -337,19 +402,23 @@ def check_interval(settings: Settings, start: datetime, end: datetime) -> dict[s
 
 
 def alert_offline(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
-    """The DAG's second task: each sensor's silence at ``end`` to the alert engine.
+    """The DAG's second task: each sensor's silence at each window boundary of the interval to
+    the alert engine.
 
-    The engine's clock is the interval end, so a backfill dates its alerts in the data's time.
+    The observations are stamped in the data's time, so a backfill dates its alerts then; the
+    engine ignores one older than the last it applied, so the intervals must come in order.
     """
     start, end = _check_interval(start, end)
     with _connect(settings) as conn:
-        observations = offline_observations(sensor_stats(conn, start, end), end)
+        observations = offline_observations(sensor_windows(conn, start, end), start, end)
         events = AlertEngine.from_settings(settings).observe(conn, observations, now=end)
         conn.commit()
-    silent = sorted(o.sensor_id for o in observations if o.value and o.sensor_id)
+    silent = sorted(o.sensor_id for o in observations if o.value and o.at == end and o.sensor_id)
     return {
         "interval_end": end.isoformat(),
         "observations": len(observations),
-        "silent_sensors": silent,
+        "sensors": len({o.sensor_id for o in observations}),
+        "silent_sensors": silent,  # at the interval's end
+        "silent_during": sorted({o.sensor_id for o in observations if o.value and o.sensor_id}),
         "alert_events": len(events),
     }

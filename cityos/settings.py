@@ -152,6 +152,8 @@ class Settings(BaseSettings):
 
     # lake and Airflow (streaming/lake.py, dags/, cityos/airflow.py)
     lake_retention_days: int = Field(default=30, ge=1)  # raw lake dates older than this go
+    retrain_lookback_days: int = Field(default=14, ge=1)  # the retrain DAG's training data
+    retrain_holdout_hours: int = Field(default=24, ge=1)  # its last part, held out to compare
     airflow_port: int = Field(default=8088, ge=1, le=65535)  # `cityos airflow standalone` UI/API
     airflow_url: str | None = None  # an Airflow api-server for `cityos doctor`; None: not checked
 
@@ -193,6 +195,19 @@ class Settings(BaseSettings):
             self.lake_dir = self.state_dir / "lake"
         if self.model_dir is None:
             self.model_dir = self.state_dir / "models"
+        return self
+
+    @model_validator(mode="after")
+    def _retention_keeps_the_retrain_data(self) -> Settings:
+        # the retrain of day D (and its rerun after the retention of D+1) reads its look-back
+        needed = self.retrain_lookback_days + -(-self.retrain_holdout_hours // 24) + 1
+        if self.lake_retention_days < needed:
+            raise ValueError(
+                f"CITYOS_LAKE_RETENTION_DAYS={self.lake_retention_days} would expire lake dates"
+                f" the anomaly retrain still reads: it needs at least {needed} days (the"
+                f" look-back CITYOS_RETRAIN_LOOKBACK_DAYS={self.retrain_lookback_days} + the"
+                f" held-out CITYOS_RETRAIN_HOLDOUT_HOURS={self.retrain_holdout_hours} h + 1 day)"
+            )
         return self
 
     @property

@@ -4,8 +4,12 @@ Each run checks exactly its data interval ``[data_interval_start, data_interval_
 freshness, completeness, out-of-range readings and silence per sensor (``cityos.quality``),
 upserted into ``data_quality_checks``; then the silence of every sensor goes to the alert engine
 as a ``sensor_offline`` observation (0 minutes resolves a firing alert). Both tasks are
-idempotent, so a re-run or a backfill (``airflow dags backfill data_quality -s ... -e ...``)
-rewrites the same rows.
+idempotent, so a re-run or a backfill rewrites the same rows.
+
+The alert engine ignores an observation older than the last one it applied to an alert (a
+replay), so ``alert_silent_sensors`` must run in data-time order: it ``depends_on_past`` (each
+hour waits for the previous hour's to succeed; Airflow refuses a backfill with
+``--run-backwards``, and asks for ``--reprocess-behavior``). ``check_sensors`` runs in any order.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ def data_quality() -> None:
 
         return check_interval(load_settings(), data_interval_start, data_interval_end)
 
-    @task(max_active_tis_per_dag=1)  # one alert-engine transaction at a time
+    # one alert-engine transaction at a time, the hours in order (see the module docstring)
+    @task(max_active_tis_per_dag=1, depends_on_past=True)
     def alert_silent_sensors(data_interval_start: datetime, data_interval_end: datetime) -> dict:
         """Minutes of silence per sensor, as ``sensor_offline`` observations to the engine."""
         from cityos.quality import alert_offline

@@ -5,7 +5,9 @@ Once the day ``[data_interval_start, data_interval_end)`` can get no more events
 allowed lateness plus a margin after its end, :data:`SETTLE`), ``compact_lake`` rewrites its
 dates as one folder each, atomically; ``expire_lake`` deletes dates older than
 ``CITYOS_LAKE_RETENTION_DAYS`` before the interval's end. Both are idempotent
-(``streaming/lake.py``).
+(``streaming/lake.py``), take a lock per topic folder (a concurrent run waits for it rather than
+deleting the other's staged folders), and ``depends_on_past``: backfills run them day by day, in
+order (Airflow refuses ``--run-backwards`` and asks for ``--reprocess-behavior``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def retention() -> None:
         doc_md="Wait until the interval's end plus SETTLE: no event of the day can still come.",
     )
 
-    @task
+    @task(depends_on_past=True)
     def compact_lake(data_interval_start: datetime, data_interval_end: datetime) -> dict:
         """Each topic's dates of the interval -> one folder of big files, swapped in atomically."""
         from cityos.settings import load_settings
@@ -48,7 +50,7 @@ def retention() -> None:
 
         return compact(load_settings(), data_interval_start, data_interval_end)
 
-    @task
+    @task(depends_on_past=True)
     def expire_lake(data_interval_end: datetime) -> dict:
         """Delete lake dates older than the retention before the interval's end."""
         from cityos.settings import load_settings

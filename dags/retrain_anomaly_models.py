@@ -1,13 +1,19 @@
 """Daily retraining of the per-sensor anomaly models from the lake.
 
 ``cityos.anomaly.retrain.retrain`` reads the lake for the data interval and the detectors'
-lookback (14 days): the raw events of those dates, turned into the serving tables' windows by the
-streaming job's own code (``streaming/lake_windows.py``). It trains candidate models, evaluates
-them against the production model on a held-out period, registers them and promotes them only if
-better; its summary (metrics, versions, what was read from the lake) is the task's return value
-(XCom). A lake without events of the interval fails the task, naming the folder and the interval
-(it is retried: the streaming job may be behind). Backfills reach back as far as the lake keeps
-dates (``CITYOS_LAKE_RETENTION_DAYS``).
+lookback (``CITYOS_RETRAIN_LOOKBACK_DAYS``, 14): the raw events of those dates, turned into the
+serving tables' windows by the streaming job's own code (``streaming/lake_windows.py``). It
+trains candidate models, evaluates them against the production model on a held-out period,
+registers them and promotes them only if better; its summary (metrics, versions, what was read
+from the lake) is the task's return value (XCom). A lake without events of the interval fails the
+task, naming the folder and the interval (it is retried: the streaming job may be behind).
+Backfills reach back as far as the lake keeps dates (``CITYOS_LAKE_RETENTION_DAYS``).
+
+Each run compares with the production model of the runs before it, so ``retrain``
+``depends_on_past``: a backfill trains the days in order (Airflow refuses ``--run-backwards``),
+and a day that fails holds the later ones until it is cleared. A rerun of an older day never
+touches a newer production model, and a rerun of the identical training changes nothing
+(``anomaly/retrain.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 def retrain_anomaly_models() -> None:
     """Train, evaluate, register and (if better) promote the anomaly models of the interval."""
 
-    @task(execution_timeout=timedelta(hours=2))
+    @task(execution_timeout=timedelta(hours=2), depends_on_past=True)
     def retrain(data_interval_start: datetime, data_interval_end: datetime) -> dict:
         """Candidate models from the lake's windows of the interval (and the lookback before
         it); registered, and promoted only when better."""

@@ -15,19 +15,23 @@ wrote while the compaction ran is moved into the new folder, not lost. Compactio
 a compacted date with nothing new is left alone; one with late batches is compacted again.
 
 :func:`expire` deletes whole dates older than the retention, by renaming them to a hidden name
-first (a reader sees the date or not, never a part of it). pyarrow does the work, not Spark:
-no JVM to start, and a date is read and written once.
+first (a reader sees the date or not, never a part of it). Compaction and expiry hold a lock per
+topic folder (:func:`topic_lock`) while they work, so two runs (overlapping backfill runs, a
+manual one) take turns instead of deleting each other's hidden folders. pyarrow does the work,
+not Spark: no JVM to start, and a date is read and written once.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -142,8 +146,41 @@ def _hidden_sibling(folder: Path, tag: str) -> Path:
     return folder.parent / f".{tag}-{folder.name}-{uuid.uuid4().hex[:8]}"
 
 
+@contextmanager
+def topic_lock(topic_dir: Path) -> Iterator[None]:
+    """Hold a topic folder's upkeep lock (``flock`` on ``<lake>/.<topic>.lock``, beside it and
+    hidden) for a block.
+
+    Compaction and expiry take it for all their work on the topic, so :func:`clean_stale` (which
+    runs under it) only ever meets folders left by a run that is gone, never the staged or
+    swapped-out folder of one still running (an overlapping backfill run, a manual one): that
+    run waits instead. The kernel drops the lock when its holder dies. A missing folder has
+    nothing to guard.
+    """
+    if not topic_dir.is_dir():
+        yield
+        return
+    path = topic_dir.parent / f".{topic_dir.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s: another compaction or expiry runs", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def clean_stale(topic_dir: Path) -> int:
-    """Delete what an interrupted compaction or expiry left behind (hidden folders)."""
+    """Delete what an interrupted compaction or expiry left behind (hidden folders), under the
+    topic's lock."""
+    with topic_lock(topic_dir):
+        return _clean_stale(topic_dir)
+
+
+def _clean_stale(topic_dir: Path) -> int:
     removed = 0
     if topic_dir.is_dir():
         for child in topic_dir.iterdir():
@@ -204,7 +241,13 @@ def _write(table: pa.Table, folder: Path) -> int:
 
 
 def compact_date(date_dir: Path) -> Compaction:
-    """Rewrite one ``date=D`` folder as a single ``batch=-1`` folder, atomically."""
+    """Rewrite one ``date=D`` folder as a single ``batch=-1`` folder, atomically (under the
+    topic's lock)."""
+    with topic_lock(date_dir.parent):
+        return _compact_date(date_dir)
+
+
+def _compact_date(date_dir: Path) -> Compaction:
     batches = batch_folders(date_dir)
     files = [f for b in batches for f in data_files(b)]
     rows_before = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -241,10 +284,11 @@ def compact(topic_dirs: Iterable[Path], start: datetime, end: datetime) -> list[
     wanted = set(dates_in(start, end))
     results = []
     for topic_dir in topic_dirs:
-        clean_stale(topic_dir)
-        for day, folder in date_folders(topic_dir).items():
-            if day in wanted:
-                results.append(compact_date(folder))
+        with topic_lock(topic_dir):
+            _clean_stale(topic_dir)
+            for day, folder in date_folders(topic_dir).items():
+                if day in wanted:
+                    results.append(_compact_date(folder))
     return results
 
 
@@ -259,13 +303,14 @@ def expire(topic_dirs: Iterable[Path], keep_days: int, end: datetime) -> list[Pa
     cutoff = end.date() - timedelta(days=keep_days)
     removed = []
     for topic_dir in topic_dirs:
-        clean_stale(topic_dir)
-        for day, folder in date_folders(topic_dir).items():
-            if day < cutoff:
-                hidden = _hidden_sibling(folder, "expired")
-                folder.rename(hidden)
-                shutil.rmtree(hidden)
-                removed.append(folder)
+        with topic_lock(topic_dir):
+            _clean_stale(topic_dir)
+            for day, folder in date_folders(topic_dir).items():
+                if day < cutoff:
+                    hidden = _hidden_sibling(folder, "expired")
+                    folder.rename(hidden)
+                    shutil.rmtree(hidden)
+                    removed.append(folder)
     if removed:
         log.info("expired %d lake dates before %s", len(removed), cutoff.isoformat())
     return removed

@@ -3,32 +3,35 @@
 Fifteen days of Beijing PRSA readings and an hour of the Cologne twin (SUMO) are published to
 Kafka and streamed by the job into PostgreSQL and the lake (tests/anomaly/streamed.py). The lake's
 windows must be the serving tables' windows; retraining reads the lake, registers, compares on a
-held-out day and promotes only if better.
+held-out day and promotes only if better; it never replaces a newer production model, and a rerun
+of the identical training changes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from psycopg import sql
 
-from cityos.anomaly.registry import production, versions
-from cityos.anomaly.retrain import SERIES, read_series, retrain
+from cityos.anomaly.detector import Detector, DetectorConfig
+from cityos.anomaly.registry import find, production, set_status, versions
+from cityos.anomaly.retrain import SERIES, _holdout, model_version, read_series, retrain
 from cityos.db import connect, migrate
+from cityos.settings import Settings
 from cityos.streaming import lake
 from cityos.streaming.lake_windows import LakeDataMissing, lake_serving
 from cityos.topics import Topics
 from tests.anomaly.streamed import Streamed, stream, stream_settings
 from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession
 from tests.sql import scalar
-
-pytestmark = pytest.mark.integration
 
 AIR_FROM = datetime(2014, 1, 1, tzinfo=UTC)
 AIR_TO = datetime(2014, 1, 16, tzinfo=UTC)
@@ -99,6 +102,7 @@ def _rows(conn, table: str, start: datetime, end: datetime) -> int:
     return scalar(conn, query.format(sql.Identifier(table)), (start, end))
 
 
+@pytest.mark.integration
 def test_the_lake_windows_are_the_serving_windows(streamed: Streamed, spark) -> None:  # noqa: F811
     assert streamed.batches > 2  # windows were merged across micro-batches
     with _conn(streamed) as conn:
@@ -125,6 +129,7 @@ def test_the_lake_windows_are_the_serving_windows(streamed: Streamed, spark) -> 
     assert {p[0].minute for pts in part.values() for p in pts} == {20, 25, 30, 35, 40, 45}
 
 
+@pytest.mark.integration
 def test_replayed_batches_and_compaction_change_nothing(
     streamed: Streamed,
     spark,  # noqa: F811
@@ -148,11 +153,36 @@ def test_replayed_batches_and_compaction_change_nothing(
     assert read.files >= 1
 
 
+@pytest.fixture
+def registry(streamed: Streamed, tmp_path: Path) -> Iterator[Settings]:
+    """The module's settings with an empty registry and a model folder of the test's own."""
+    with _conn(streamed) as conn:
+        conn.execute("DELETE FROM model_registry")
+    yield streamed.settings.model_copy(update={"model_dir": tmp_path / "models"})
+    with _conn(streamed) as conn:
+        conn.execute("DELETE FROM model_registry")
+
+
+def _row(conn, version: str) -> tuple:
+    """Everything the registry holds of a version."""
+    return conn.execute("SELECT * FROM model_registry WHERE version = %s", (version,)).fetchone()
+
+
+def _files(folder: Path) -> dict[str, tuple]:
+    """A version folder's files: bytes, inode and modification time (a rewrite changes them)."""
+    return {
+        p.name: (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sorted(folder.iterdir())
+    }
+
+
+@pytest.mark.integration
 def test_retrain_trains_from_the_lake_promotes_and_is_idempotent(
     streamed: Streamed,
+    registry: Settings,
     spark,  # noqa: F811
 ) -> None:
-    settings, lookback = streamed.settings, timedelta(days=7)
+    settings, lookback = registry, timedelta(days=7)
     with _conn(streamed) as conn:
         expected = read_series(conn, DAY - lookback, DAY)
         expected_next = read_series(
@@ -160,6 +190,7 @@ def test_retrain_trains_from_the_lake_promotes_and_is_idempotent(
         )
     first = retrain(settings, DAY - timedelta(days=1), DAY, lookback=lookback, spark=spark)
     assert first["promoted"] and first["reason"] == "no model in production"
+    assert first["status"] == "production" and not first["unchanged"]
     assert first["read"]["source"] == "lake"
     assert first["read"]["lake_dir"] == str(settings.lake_dir)
     assert first["series"] == len(expected) > 12 * 4  # the stations' measured metrics
@@ -168,12 +199,36 @@ def test_retrain_trains_from_the_lake_promotes_and_is_idempotent(
     assert settings.model_dir is not None  # filled in by Settings
     folder = settings.model_dir / "anomaly" / first["version"]
     assert (folder / "model.json").exists() and (folder / "states.parquet").exists()
-
-    again = retrain(settings, DAY - timedelta(days=1), DAY, lookback=lookback, spark=spark)
-    assert again["version"] == first["version"] and again["promoted"]
+    assert [p.name for p in folder.parent.iterdir()] == [first["version"]]  # nothing staged left
     with _conn(streamed) as conn:
+        recorded, files = _row(conn, first["version"]), _files(folder)
+
+    # a rerun (Clear, a retry) of the identical training: the same version, nothing changes
+    again = retrain(settings, DAY - timedelta(days=1), DAY, lookback=lookback, spark=spark)
+    assert again["version"] == first["version"]
+    assert again["unchanged"] and not again["promoted"] and again["status"] == "production"
+    with _conn(streamed) as conn:
+        assert _row(conn, first["version"]) == recorded  # promoted_at, note, range, metrics
         rows = conn.execute("SELECT version, data_start, data_end FROM model_registry").fetchall()
     assert rows == [(first["version"], DAY - lookback, DAY)]
+    assert _files(folder) == files  # production's files were not rewritten
+
+    # another look-back for the same interval is another training: another version, whose row
+    # and files both record its own range; production (trained up to the same end) is left alone
+    shorter = retrain(
+        settings, DAY - timedelta(days=1), DAY, lookback=timedelta(days=6), spark=spark
+    )
+    assert shorter["version"] != first["version"]
+    assert shorter["status"] == "candidate" and not shorter["promoted"]
+    assert shorter["production"] is None and first["version"] in shorter["reason"]
+    with _conn(streamed) as conn:
+        row = find(conn, "anomaly", shorter["version"])
+        assert _row(conn, first["version"]) == recorded
+        assert production(conn, "anomaly").version == first["version"]  # type: ignore[union-attr]
+    assert row is not None and (row.data_start, row.data_end) == (DAY - timedelta(days=6), DAY)
+    model = json.loads((row.path / "model.json").read_text())
+    assert model["data_start"] == row.data_start.isoformat()  # type: ignore[union-attr]
+    assert _files(folder) == files
 
     # the next day (the twin's hour in it): compared with production on the held-out day
     nxt = retrain(settings, DAY, DAY + timedelta(days=1), lookback=lookback, spark=spark)
@@ -189,9 +244,90 @@ def test_retrain_trains_from_the_lake_promotes_and_is_idempotent(
     assert live is not None
     assert live.version == (nxt["version"] if nxt["promoted"] else first["version"])
     assert statuses[nxt["version"]] == ("production" if nxt["promoted"] else "rejected")
+    assert statuses[shorter["version"]] == "candidate"
     assert sorted(statuses.values()).count("production") == 1
 
 
+@pytest.mark.integration
+def test_an_older_interval_never_touches_a_newer_production_model(
+    streamed: Streamed,
+    registry: Settings,
+    spark,  # noqa: F811
+) -> None:
+    """A rerun or backfill of an older day, and a run whose held-out period production has
+    learnt: registered as candidates; production and the other versions stay as they were."""
+    settings, lookback, day = registry, timedelta(days=7), timedelta(days=1)
+    older = retrain(settings, DAY - day, DAY, lookback=lookback, spark=spark)
+    newer = retrain(settings, DAY, DAY + day, lookback=lookback, spark=spark)
+    with _conn(streamed) as conn:
+        if not newer["promoted"]:
+            set_status(conn, "anomaly", newer["version"], "production", note="by hand")
+        before = {v: _row(conn, v) for v in (older["version"], newer["version"])}
+    assert before[older["version"]][3] == "archived"  # status
+
+    # a backfill of the older day with another look-back: its own version, not compared
+    backfill = retrain(settings, DAY - day, DAY, lookback=timedelta(days=6), spark=spark)
+    assert backfill["version"] != older["version"]
+    assert backfill["status"] == "candidate" and not backfill["promoted"]
+    assert backfill["production"] is None
+    assert f"not newer than production {newer['version']}" in backfill["reason"]
+
+    # newer than production, but production learnt the held-out period: no fair comparison
+    late = DAY + timedelta(hours=30)
+    overlap = retrain(settings, late - day, late, lookback=lookback, spark=spark)
+    assert overlap["status"] == "candidate" and not overlap["promoted"]
+    assert overlap["production"] is None and "learnt part of the held-out" in overlap["reason"]
+
+    with _conn(streamed) as conn:
+        assert production(conn, "anomaly").version == newer["version"]  # type: ignore[union-attr]
+        assert {v: _row(conn, v) for v in before} == before  # statuses, notes, promoted_at
+        statuses = {v.version: v.status for v in versions(conn, "anomaly")}
+    assert statuses[backfill["version"]] == statuses[overlap["version"]] == "candidate"
+
+
+def test_a_detector_is_never_scored_on_points_it_has_learnt() -> None:
+    """Points before the last learnt one would be stamped as the latest and forecast at the
+    wrong time of day: refused, not scored."""
+    start = datetime(2014, 1, 1, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    points = [
+        (start + i * hour, start + (i + 1) * hour, 10 + 5 * math.sin(i * math.pi / 12))
+        for i in range(24 * 6)
+    ]
+    seen, unseen = points[: 24 * 5], points[24 * 5 :]
+    detector = Detector(DetectorConfig())
+    for w_start, _, value in seen:
+        detector.update(w_start, value)
+    with pytest.raises(ValueError, match="not after the detector's last learnt point"):
+        _holdout(detector, seen[-24:])
+    with pytest.raises(ValueError, match="not after"):
+        _holdout(detector, seen[-1:])  # the last learnt point itself
+    errors, _ = _holdout(detector, unseen)
+    assert len(errors) == len(unseen)
+
+
+def test_the_version_names_everything_that_defines_the_training() -> None:
+    day = timedelta(days=1)
+
+    def name(config: DetectorConfig | None = None, **changes: Any) -> str:
+        given = {"interval_start": DAY - day, "lookback": 14 * day, "holdout": day}
+        given |= {"data": "ab" * 32, **changes}
+        return model_version(config or DetectorConfig(), interval_end=DAY, **given)
+
+    first = name()
+    assert first.startswith("20140115T0000Z-") and first.endswith("-" + "ab" * 3)
+    assert name() == first  # the identical training: the same version
+    others = {
+        name(interval_start=DAY - 2 * day),
+        name(lookback=7 * day),
+        name(holdout=day / 2),
+        name(data="cd" * 32),  # late events reached the lake since
+        name(DetectorConfig(hidden=DetectorConfig().hidden + 1)),
+    }
+    assert first not in others and len(others) == 5
+
+
+@pytest.mark.integration
 def test_a_lake_without_the_interval_fails_naming_folder_and_interval(
     streamed: Streamed,
     spark,  # noqa: F811
@@ -207,6 +343,7 @@ def test_a_lake_without_the_interval_fails_naming_folder_and_interval(
         retrain(streamed.settings, later - timedelta(days=1), later, spark=spark)
 
 
+@pytest.mark.integration
 def test_an_interval_without_room_for_a_holdout_is_refused(streamed: Streamed) -> None:
     with pytest.raises(ValueError, match="not longer than the held-out"):
         retrain(
@@ -216,3 +353,14 @@ def test_an_interval_without_room_for_a_holdout_is_refused(streamed: Streamed) -
             lookback=timedelta(hours=12),
             holdout=timedelta(days=1),
         )
+
+
+@pytest.mark.integration
+def test_a_lookback_longer_than_the_lake_keeps_is_refused(streamed: Streamed) -> None:
+    """`cityos anomaly retrain --lookback-days 29` with a 30-day retention: the lake may have
+    expired its first dates; refused, naming the setting, rather than trained on less."""
+    assert streamed.settings.lake_retention_days == 30
+    with pytest.raises(
+        ValueError, match=r"longer than the lake keeps dates \(CITYOS_LAKE_RETENTION_DAYS=30\)"
+    ):
+        retrain(streamed.settings, DAY - timedelta(days=1), DAY, lookback=timedelta(days=29))

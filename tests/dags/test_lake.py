@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
+from cityos.settings import Settings
 from cityos.streaming import lake
 from tests.dags.realdata import air_events, lake_rows, write_batch, write_day
 from tests.jobs.conftest import spark  # noqa: F401 - the shared local SparkSession
@@ -106,6 +109,75 @@ def test_a_failed_swap_leaves_the_date_as_it_was(topic_dir: Path, monkeypatch) -
     assert lake.clean_stale(topic_dir) == 1
 
 
+def _late_batch(topic_dir: Path, batch: int) -> list[dict]:
+    """A batch of the day's last hour, as the streaming job writes it during a compaction."""
+    rows = lake_rows(
+        air_events(DAY + timedelta(hours=23), DAY + timedelta(days=1), ["Dongsi"]),
+        "environment",
+        first_offset=10_000,
+    )
+    write_batch(topic_dir, "2014-01-15", batch, rows)
+    return rows
+
+
+def test_a_batch_written_during_compaction_is_moved_not_lost(topic_dir: Path, monkeypatch) -> None:
+    date_dir = topic_dir / "date=2014-01-15"
+    swap = lake.exchange
+    late: list[dict] = []
+
+    def streaming_job_writes_then_swap(a: Path, b: Path) -> None:
+        if not late:
+            late.extend(_late_batch(topic_dir, 99))  # after the read, before the swap
+        swap(a, b)
+
+    monkeypatch.setattr(lake, "exchange", streaming_job_writes_then_swap)
+    result = lake.compact_date(date_dir)
+
+    assert result.rows_after == 288 and late
+    assert sorted(p.name for p in date_dir.iterdir()) == ["batch=-1", "batch=99"]
+    assert _table(date_dir).num_rows == 288 + len(late)
+    assert not [p for p in topic_dir.iterdir() if p.name.startswith(".")]
+    assert lake.compact_date(date_dir).rows_after == 288 + len(late)  # the next run takes it
+
+
+def test_a_concurrent_run_waits_instead_of_deleting_a_compaction_in_progress(
+    topic_dir: Path, monkeypatch
+) -> None:
+    """A second run (an overlapping backfill run) cleans stale folders of the same topic while a
+    compaction has swapped but not yet moved the batches written meanwhile: it must wait."""
+    write_day(topic_dir, DAY + timedelta(days=1), 100, timedelta(hours=6), first_offset=50_000)
+    date_dir = topic_dir / "date=2014-01-15"
+    swap = lake.exchange
+    late: list[dict] = []
+    other: dict[str, object] = {}
+
+    def other_run() -> None:
+        try:
+            other["result"] = lake.compact([topic_dir], DAY + timedelta(days=1), DAY + timedelta(2))
+        except Exception as err:  # reported by the assertion below
+            other["error"] = err
+
+    thread = threading.Thread(target=other_run)
+
+    def swap_while_another_run_starts(a: Path, b: Path) -> None:
+        if b != date_dir:  # the other run's own swap
+            return swap(a, b)
+        late.extend(_late_batch(topic_dir, 99))
+        swap(a, b)  # the late batch is now in the hidden swapped-out folder
+        thread.start()
+        thread.join(timeout=2)  # without the lock it deletes that folder meanwhile
+        return None
+
+    monkeypatch.setattr(lake, "exchange", swap_while_another_run_starts)
+    lake.compact_date(date_dir)
+    thread.join(timeout=60)
+
+    assert _table(date_dir).num_rows == 288 + len(late)  # nothing lost
+    assert "error" not in other and not thread.is_alive()
+    assert [r.folder.name for r in other["result"]] == ["date=2014-01-16"]  # type: ignore[attr-defined]
+    assert [p.name for p in (topic_dir / "date=2014-01-16").iterdir()] == ["batch=-1"]
+
+
 def test_exchange_swaps_two_full_folders(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     (a / "x").mkdir(parents=True)
@@ -143,6 +215,22 @@ def test_expire_deletes_dates_before_the_retention(tmp_path: Path) -> None:
     assert lake.expire([topic_dir], keep_days=30, end=end) == []  # idempotent
     with pytest.raises(lake.LakeError):
         lake.expire([topic_dir], keep_days=0, end=end)
+
+
+def test_a_retention_shorter_than_the_retrain_data_is_refused() -> None:
+    def settings(**values: int) -> Settings:
+        return Settings.model_validate(
+            {"kafka_bootstrap": "localhost:9092", "database_url": "postgresql://u@h/db", **values}
+        )
+
+    # the retrain reads 14 days, holds out 24 h, and a rerun after the next expiry needs a day
+    with pytest.raises(ValidationError, match=r"CITYOS_LAKE_RETENTION_DAYS=15 .* at least 16"):
+        settings(lake_retention_days=15)
+    assert settings(lake_retention_days=16).lake_retention_days == 16
+    with pytest.raises(ValidationError, match="CITYOS_RETRAIN_LOOKBACK_DAYS=29"):
+        settings(retrain_lookback_days=29)  # the default retention is 30 days
+    with pytest.raises(ValidationError, match="CITYOS_RETRAIN_HOLDOUT_HOURS=25"):
+        settings(lake_retention_days=16, retrain_holdout_hours=25)
 
 
 def test_dates_in_an_interval() -> None:

@@ -12,6 +12,7 @@ from tests.dags.realdata import SILENT_SENSOR, seed_next_hour, seed_quality_scen
 from tests.sql import scalar
 
 START = datetime(2014, 1, 15, 10, tzinfo=UTC)
+OFFLINE = "sensor_offline"
 END = START + timedelta(hours=1)
 
 
@@ -68,16 +69,45 @@ def test_air_quality_expects_one_window_an_hour() -> None:
     assert not day["completeness"].passed
 
 
+def _windows(kind: str, before: datetime | None, *starts: int) -> quality.SensorWindows:
+    """A sensor's windows of [START, END), by their start minute."""
+    size = quality.KINDS[kind].window
+    windows = tuple(
+        (START + timedelta(minutes=m), START + timedelta(minutes=m) + size) for m in starts
+    )
+    return quality.SensorWindows("s1", "cologne", kind, "z1", before, windows)
+
+
+def test_silence_is_followed_window_by_window() -> None:
+    """Windows at 10:00 and from 10:50: silent from 10:05, 15 minutes at 10:20, back at 10:55."""
+    loop = _windows("traffic", START, 0, 50, 55)
+    timeline = quality.silence_timeline(loop, START, END)
+    assert [t for t, _ in timeline] == [START + timedelta(minutes=m) for m in range(5, 65, 5)]
+    assert [v for _, v in timeline] == [0, 0, 10, 15, 20, 25, 30, 35, 40, 45, 0, 0]
+    # the hour mark alone says 0: the outage inside the hour is seen only window by window
+    assert timeline[-1][1] == quality.silent_minutes(_stats(last_end=END), END) == 0
+
+    # a station: one window an hour, so one moment (the interval's end)
+    air = _windows("air_quality", START - timedelta(hours=2))
+    assert quality.silence_timeline(air, START, END) == [(END, 180.0)]
+    # a sensor's first window inside the interval: nothing said before it
+    new = _windows("traffic", None, 30, 35, 40, 45, 50, 55)
+    assert quality.silence_timeline(new, START, END)[0] == (START + timedelta(minutes=35), 0)
+
+
 def test_offline_observations_carry_minutes_silent() -> None:
-    stats = [
-        _stats(last_end=END),
-        quality.SensorStats("s2", "beijing", "air_quality", None, 0, END - timedelta(hours=3)),
-        quality.SensorStats("s3", "beijing", "air_quality", None, 0, None),  # never reported
+    sensors = [
+        _windows("traffic", START, *range(0, 60, 5)),
+        quality.SensorWindows("s2", "beijing", "air_quality", None, END - timedelta(hours=3), ()),
+        quality.SensorWindows("s3", "beijing", "air_quality", None, None, ()),  # never reported
     ]
-    observations = quality.offline_observations(stats, END)
-    assert [(o.sensor_id, o.value) for o in observations] == [("s1", 0.0), ("s2", 180.0)]
-    assert all(o.rule_id == "sensor_offline" and o.at == END for o in observations)
-    assert observations[1].city_id == "beijing"
+    observations = quality.offline_observations(sensors, START, END)
+    assert [(o.sensor_id, o.value) for o in observations] == [("s1", 0.0)] * 12 + [("s2", 180.0)]
+    assert all(o.rule_id == OFFLINE for o in observations)
+    assert [o.at for o in observations] == [
+        START + timedelta(minutes=m) for m in range(5, 65, 5)
+    ] + [END]
+    assert observations[-1].city_id == "beijing"
 
 
 def test_an_empty_or_naive_interval_is_refused() -> None:
@@ -132,6 +162,14 @@ def test_checks_of_real_data_are_recorded_once_per_interval(
         assert total == 72
 
 
+def _offline_alerts(conn) -> dict[str, tuple]:
+    rows = conn.execute(
+        "SELECT sensor_id, status, value, started_at, resolved_at FROM alerts"
+        " WHERE kind = 'sensor_offline'"
+    ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
 @pytest.mark.integration
 def test_a_silent_sensor_fires_then_resolves_sensor_offline(
     database_url: str, pg_schema: str, settings
@@ -141,17 +179,53 @@ def test_a_silent_sensor_fires_then_resolves_sensor_offline(
         scenario = seed_quality_scenario(conn)
     summary = quality.alert_offline(settings, START, END)
     assert summary["silent_sensors"] == [SILENT_SENSOR]
-    assert summary["observations"] == 17  # the never-reported loop raises nothing
+    assert summary["sensors"] == 17  # the never-reported loop raises nothing
+    assert summary["observations"] == 12 + 5 * 12  # stations hourly, loops each 5 minutes
     with connect(database_url, pg_schema) as conn:
-        alerts = conn.execute(
-            "SELECT sensor_id, status, value, started_at FROM alerts WHERE kind = 'sensor_offline'"
-        ).fetchall()
-        assert alerts == [(SILENT_SENSOR, "firing", 180.0, END)]
+        alerts = _offline_alerts(conn)
+        assert alerts[SILENT_SENSOR] == ("firing", 180.0, END, None)
+        # the gappy loop's 15 silent minutes (no window 10:15-10:30) fired and resolved
+        assert alerts[scenario["gappy"]] == (
+            "resolved",
+            15.0,
+            START + timedelta(minutes=30),
+            START + timedelta(minutes=35),
+        )
+        assert alerts.keys() == {SILENT_SENSOR, scenario["gappy"]}
 
         seed_next_hour(conn, scenario)
     quality.alert_offline(settings, END, END + timedelta(hours=1))
     with connect(database_url, pg_schema) as conn:
-        alerts = conn.execute(
-            "SELECT sensor_id, status, resolved_at FROM alerts WHERE kind = 'sensor_offline'"
-        ).fetchall()
-        assert alerts == [(SILENT_SENSOR, "resolved", END + timedelta(hours=1))]
+        alerts = _offline_alerts(conn)
+        assert alerts[SILENT_SENSOR][0] == "resolved"
+        assert alerts[SILENT_SENSOR][3] == END + timedelta(hours=1)
+        assert {a[0] for a in alerts.values()} == {"resolved"}
+
+
+@pytest.mark.integration
+def test_an_outage_inside_the_hour_fires_and_resolves_when_it_happens(
+    database_url: str, pg_schema: str, settings
+) -> None:
+    """A loop with windows at 10:00 and from 10:50 only: reporting again at the hour mark, but
+    silent 15 minutes at 10:20; the alert says so."""
+    settings = settings.model_copy(update={"database_schema": pg_schema})
+    with connect(database_url, pg_schema) as conn:
+        scenario = seed_quality_scenario(conn)
+        loop = scenario["loops"][3]  # reports every window of the scenario's hour
+        deleted = conn.execute(
+            "DELETE FROM traffic_5m WHERE sensor_id = %s AND window_start >= %s"
+            " AND window_start < %s",
+            (loop, START + timedelta(minutes=5), START + timedelta(minutes=50)),
+        ).rowcount
+        conn.commit()
+    assert deleted == 9
+    summary = quality.alert_offline(settings, START, END)
+    assert loop not in summary["silent_sensors"] and loop in summary["silent_during"]
+    with connect(database_url, pg_schema) as conn:
+        alerts = _offline_alerts(conn)
+    assert alerts[loop] == (
+        "resolved",
+        15.0,
+        START + timedelta(minutes=20),
+        START + timedelta(minutes=55),
+    )
