@@ -39,11 +39,13 @@ def retrain_command(
     end: Annotated[str, typer.Option(help="end of the data interval (ISO-8601, UTC)")],
     start: Annotated[str | None, typer.Option(help="start; default: a day before the end")] = None,
     lookback_days: Annotated[
-        float, typer.Option(min=1.0, help="training data before the end")
-    ] = 14.0,
+        float | None,
+        typer.Option(min=1.0, help="training data before the end; default: the settings'"),
+    ] = None,
     holdout_hours: Annotated[
-        float, typer.Option(min=1.0, help="held out for the comparison")
-    ] = 24.0,
+        float | None,
+        typer.Option(min=1.0, help="held out for the comparison; default: the settings'"),
+    ] = None,
 ) -> None:
     """Train on the windows up to END, compare with production on a held-out period, register,
     and promote if better."""
@@ -58,8 +60,8 @@ def retrain_command(
         settings,
         since,
         until,
-        lookback=timedelta(days=lookback_days),
-        holdout=timedelta(hours=holdout_hours),
+        lookback=timedelta(days=lookback_days) if lookback_days is not None else None,
+        holdout=timedelta(hours=holdout_hours) if holdout_hours is not None else None,
     )
     cand, prod = summary.get("candidate") or {}, summary.get("production") or {}
     rows = [
