@@ -18,6 +18,12 @@ score in [0, 1] computed only from the past and the point itself. Three parts, c
   them is off) against its own long-run distribution, at a lower weight; the score takes the
   stronger of the two. A series with past spikes learns that spikes are normal, and a moderate
   shift that lasts would otherwise never reach the first channel's threshold.
+* **new level** — for the same reason, a spike no larger than earlier ones scores low in the
+  likelihood, however rare its kind. So the detector also remembers which levels the series has
+  visited lately (a histogram of the values on a log scale whose counts fade with a half-life of
+  a few hundred points): a point far off its seasonal baseline *and* at a level the series has
+  (nearly) not been at lately scores at least 0.99, whatever the likelihood says. A spike to a
+  level just visited (the same incident's next reading, a daily peak) gains nothing from it.
 
 Timestamps may be irregular, have gaps (the lag buffer is reset after a long gap) and repeat
 (a duplicate stamp is scored as another observation at the same time). The whole state is plain
@@ -44,7 +50,7 @@ import numpy as np
 
 from cityos.errors import CityOSError
 
-STATE_VERSION = 2  # 2: the sustained-deviation channel (its history is part of the state)
+STATE_VERSION = 3  # 2: the sustained-deviation channel; 3: the visited levels (new-level channel)
 _WEEK_S = 7 * 86400
 _DAY_S = 86400
 _MAD_TO_SIGMA = 1.4826
@@ -75,8 +81,13 @@ class DetectorConfig:
     long_window: int = 1000  # … against its distribution over this many points
     sustain_window: int = 6  # sustained channel: the least surprise of the last few points …
     sustain_weight: float = 0.4  # … counts at this share of its z-score against its history
-    refractory: int = 12  # points over which an alert damps the following scores
+    refractory: int = 12  # points over which an alert damps the following scores …
+    realert_margin: float = 0.01  # … unless they exceed the alert's score by more than this
     forecast_weight: float = 0.25  # share of the forecaster's surprise in the combined one
+    level_width: float = 0.15  # new-level channel: a level is a bin of ±15 % (log scale) …
+    level_z: float = 8.0  # … a point this many robust sigmas off its seasonal median …
+    level_visits: float = 2.0  # … at a level (or its two neighbours) visited at most this often
+    level_half_life: float = 256.0  # … lately: a visit counts half after this many points
     floor_every: int = 1  # refresh the series-wide scale floor every this many points
     seed: int = 7
 
@@ -247,6 +258,8 @@ class Detector:
     sustained: deque[float] = field(default_factory=deque)  # least surprise of recent runs
     sustained_sum: float = 0.0  # running sums over `sustained`
     sustained_sq: float = 0.0
+    # visited levels: (sign, log-scale bin) -> [visits, count at the last visit]; see _level
+    levels: dict[tuple[int, int], list[float]] = field(default_factory=dict)
     # retrain when (count + phase) % train_every == 0: the detectors of a city's sensors, started
     # together, then retrain at different points instead of all in the same micro-batch
     phase: int = 0
@@ -388,7 +401,7 @@ class Detector:
             self.residuals.append(residual)
         w = c.forecast_weight
         surprise = (1 - w) * _surprise(z_seasonal) + w * _surprise(z_forecast)
-        score = self._likelihood(surprise)
+        score = self._likelihood(surprise, self._new_level(value, z_seasonal))
 
         # learn from the point
         if x is not None and base is not None:  # x is made only from a baseline
@@ -397,19 +410,63 @@ class Detector:
         if base is not None:
             self.lags.append(value - base[0])
         self._learn_seasonal(t, value)
+        self._visit(value)
         self.count += 1
         self.last_ts = t
         if (self.count + self.phase) % c.train_every == 0 and len(self.pairs_y) >= c.batch:
             self._retrain()
         return score
 
-    def _likelihood(self, surprise: float) -> float:
+    # --- the new-level channel --------------------------------------------------------------
+
+    def _level_key(self, value: float) -> tuple[int, int]:
+        """The level of a value: its sign and its bin on a log scale (bins ``level_width`` wide,
+        relative), so that levels mean the same at every scale of a series."""
+        if value == 0.0:
+            return 0, 0
+        width = math.log1p(self.config.level_width)
+        return (1 if value > 0 else -1), math.floor(math.log(abs(value)) / width)
+
+    def _visits(self, key: tuple[int, int]) -> float:
+        """How often the series was at a level lately: each visit fades by half every
+        ``level_half_life`` points."""
+        found = self.levels.get(key)
+        if found is None:
+            return 0.0
+        visits, at = found
+        return visits * 0.5 ** ((self.count - at) / self.config.level_half_life)
+
+    def _new_level(self, value: float, z: float) -> float:
+        """The new-level channel's score of a point: 0, or at least 0.99 for a point that is far
+        off its seasonal median (``level_z``) at a level the series has not been at lately (at
+        most ``level_visits`` recent visits to it and its two neighbouring bins), rising towards
+        1 with the distance."""
+        c = self.config
+        if abs(z) < c.level_z:
+            return 0.0
+        sign, k = key = self._level_key(value)
+        near = [key] if sign == 0 else [(sign, k - 1), key, (sign, k + 1)]
+        if sum(self._visits(level) for level in near) > c.level_visits:
+            return 0.0
+        return 0.99 + 0.01 * (1.0 - c.level_z / abs(z))
+
+    def _visit(self, value: float) -> None:
+        """Count a visit to the value's level; forget levels whose visits have faded away."""
+        key = self._level_key(value)
+        self.levels[key] = [self._visits(key) + 1.0, float(self.count)]
+        if self.count % max(int(self.config.level_half_life), 1) == 0:
+            self.levels = {k: v for k, v in self.levels.items() if self._visits(k) >= 1e-3}
+
+    # --- the anomaly likelihood ---------------------------------------------------------------
+
+    def _likelihood(self, surprise: float, new_level: float = 0.0) -> float:
         """HTM-style anomaly likelihood of the recent surprise, damped right after an alert.
 
         Two channels, each a z-score against its own history of the last ``long_window`` points:
         the mean surprise of the last ``short_window`` points (a spike), and the least surprise of
         the last ``sustain_window`` points (a deviation that lasts), the latter counted at
-        ``sustain_weight``. The stronger one gives the tail probability.
+        ``sustain_weight``. The stronger one gives the tail probability; the new-level channel's
+        score (``new_level``) replaces it when higher.
         """
         c = self.config
         history = self.surprises
@@ -431,12 +488,15 @@ class Detector:
         )
         tail = _gauss_tail(z)  # how unlikely the recent surprise is
         score = min(1.0, max(0.0, math.log(tail + 1e-10) / math.log(1e-10)))
-        # one event, one detection: right after an alert only a higher score counts in full
+        score = max(score, new_level)
+        # one event, one detection: right after an alert only a clearly higher score counts in
+        # full (by a margin: near 1 the scores of one event's points differ in the 4th decimal)
         self.alert_age += 1
         damped = score
-        if self.alert_age <= c.refractory and score <= self.alert_peak:
+        higher = score > self.alert_peak + c.realert_margin
+        if self.alert_age <= c.refractory and not higher:
             damped = score * 0.5
-        if score >= 0.5 and (self.alert_age > c.refractory or score > self.alert_peak):
+        if score >= 0.5 and (self.alert_age > c.refractory or higher):
             self.alert_age = 0
             self.alert_peak = score
         return damped
@@ -505,6 +565,7 @@ class Detector:
             "sustained": list(self.sustained),
             "sustained_sum": self.sustained_sum,
             "sustained_sq": self.sustained_sq,
+            "levels": [[sign, k, *visit] for (sign, k), visit in self.levels.items()],
             "phase": self.phase,
         }
 
@@ -537,6 +598,7 @@ class Detector:
             sustained=deque(state["sustained"]),
             sustained_sum=state["sustained_sum"],
             sustained_sq=state["sustained_sq"],
+            levels={(int(sign), int(k)): [visits, at] for sign, k, visits, at in state["levels"]},
             phase=state.get("phase", 0),
         )
 

@@ -80,6 +80,34 @@ def test_a_lasting_shift_after_bigger_spikes_is_detected() -> None:
     assert (with_channel[450:800] >= 0.9).mean() < 0.01  # and no more alerts before it
 
 
+def test_a_spike_to_a_level_not_visited_lately_is_detected() -> None:
+    """TravelTime_387's first labelled spike (2,003 s at row 428) is smaller than the spikes of
+    its first days (2,858-2,941 s), so the likelihood scores it low; it is the first time in
+    days the series is at that level, which the new-level channel sees. The same spike right
+    after an incident at that level gains nothing from the channel."""
+    data = series("TravelTime_387.csv").iloc[:700]
+    stamps, values = data["timestamp"], data["value"].to_numpy(dtype=float)
+    assert values[428] == 2003.0
+    no_levels = dataclasses.replace(DetectorConfig(), level_z=math.inf)
+    assert score_series(stamps, values)[428] >= 0.99
+    assert score_series(stamps, values, no_levels)[428] < 0.5
+
+    visited = values.copy()
+    visited[400:406] = 2003.0  # half an hour at that level, 22 readings before
+    with_channel = score_series(stamps, visited)
+    without = score_series(stamps, visited, no_levels)
+    assert with_channel[428] == without[428] < 0.5
+
+
+def test_one_event_alerts_once(speed_7578) -> None:
+    """Scores near 1 differ in the 4th decimal from one point of an event to the next: within
+    the refractory period only a clearly higher score alerts again."""
+    _, scores = speed_7578
+    alerts = np.flatnonzero(scores >= 0.99)
+    assert len(alerts) >= 4  # the labelled drops
+    assert (np.diff(alerts) > DetectorConfig().refractory).all(), alerts
+
+
 def test_state_round_trips_and_continues_identically() -> None:
     data = series("occupancy_t4013.csv").iloc[:700]
     stamps, values = list(data["timestamp"]), list(data["value"])
