@@ -1,7 +1,7 @@
 """The online per-series anomaly detector: one instance per sensor, fed one point at a time.
 
 ``Detector.update(timestamp, value)`` sees each point once, in order, and returns an anomaly
-score in [0, 1] computed only from the past and the point itself. Three parts, combined:
+score in [0, 1] computed only from the past and the point itself. Four parts, combined:
 
 * **seasonal baseline** — a time-of-week profile (falling back to time-of-day, then to the whole
   recent series while a bin is young) of the last values per bin; the residual against the bin's
@@ -13,7 +13,9 @@ score in [0, 1] computed only from the past and the point itself. Three parts, c
 * **anomaly likelihood** — as HTM's post-processing does: the short-term mean of the combined
   surprise is compared with its long-run distribution, and the tail probability becomes the score
   (on a log scale, so that thresholds near 1 spread out), then damped right after an alert so one
-  event gives one detection, not a run of them. A second, slower channel watches for a
+  event gives one detection, not a run of them (a later point of the refractory period alerts
+  again only with a clearly higher score or twice the alert's distance from the baseline). A
+  second, slower channel watches for a
   *sustained* deviation: the least surprise of the last few points (high only when every one of
   them is off) against its own long-run distribution, at a lower weight; the score takes the
   stronger of the two. A series with past spikes learns that spikes are normal, and a moderate
@@ -21,9 +23,10 @@ score in [0, 1] computed only from the past and the point itself. Three parts, c
 * **new level** — for the same reason, a spike no larger than earlier ones scores low in the
   likelihood, however rare its kind. So the detector also remembers which levels the series has
   visited lately (a histogram of the values on a log scale whose counts fade with a half-life of
-  a few hundred points): a point far off its seasonal baseline *and* at a level the series has
-  (nearly) not been at lately scores at least 0.99, whatever the likelihood says. A spike to a
-  level just visited (the same incident's next reading, a daily peak) gains nothing from it.
+  a few hundred points): once past the forecaster's warm-up, a point far off its seasonal
+  baseline *and* at a level the series has visited at most twice lately scores at least 0.99
+  before the damping, whatever the likelihood says. A spike to a level visited a few times
+  lately (a daily peak, an incident's readings after its first few) gains nothing from it.
 
 Timestamps may be irregular, have gaps (the lag buffer is reset after a long gap) and repeat
 (a duplicate stamp is scored as another observation at the same time). The whole state is plain
@@ -84,12 +87,28 @@ class DetectorConfig:
     refractory: int = 12  # points over which an alert damps the following scores …
     realert_margin: float = 0.01  # … unless they exceed the alert's score by more than this
     forecast_weight: float = 0.25  # share of the forecaster's surprise in the combined one
-    level_width: float = 0.15  # new-level channel: a level is a bin of ±15 % (log scale) …
+    level_width: float = 0.15  # new-level channel: a level is a log-scale bin 15 % wide …
     level_z: float = 8.0  # … a point this many robust sigmas off its seasonal median …
     level_visits: float = 2.0  # … at a level (or its two neighbours) visited at most this often
     level_half_life: float = 256.0  # … lately: a visit counts half after this many points
     floor_every: int = 1  # refresh the series-wide scale floor every this many points
     seed: int = 7
+
+    def __post_init__(self) -> None:
+        """Refuse settings the detector cannot run with, naming them (not a crash mid-stream)."""
+        bad = []
+        if not (self.level_width > 0 and math.isfinite(self.level_width)):
+            bad.append(f"level_width={self.level_width!r} (a finite share > 0)")
+        if not self.level_half_life > 0:  # inf: visits never fade
+            bad.append(f"level_half_life={self.level_half_life!r} (points > 0, or inf)")
+        if not self.level_z > 0:  # inf: the channel is off
+            bad.append(f"level_z={self.level_z!r} (robust sigmas > 0, or inf)")
+        if not self.level_visits >= 0:
+            bad.append(f"level_visits={self.level_visits!r} (>= 0)")
+        if not self.realert_margin >= 0:
+            bad.append(f"realert_margin={self.realert_margin!r} (>= 0)")
+        if bad:
+            raise DetectorError("invalid detector settings: " + "; ".join(bad))
 
 
 @dataclass(frozen=True)
@@ -252,13 +271,14 @@ class Detector:
     surprises: deque[float] = field(default_factory=deque)
     alert_age: int = 1_000_000  # points since the last score above the alert level
     alert_peak: float = 0.0
+    alert_distance: float = 0.0  # the alert's |z| from its seasonal median
     floor: float | None = None  # the cached scale floor (see _scale_floor)
     surprise_sum: float = 0.0  # running sums over `surprises`, for the likelihood
     surprise_sq: float = 0.0
     sustained: deque[float] = field(default_factory=deque)  # least surprise of recent runs
     sustained_sum: float = 0.0  # running sums over `sustained`
     sustained_sq: float = 0.0
-    # visited levels: (sign, log-scale bin) -> [visits, count at the last visit]; see _level
+    # visited levels: (sign, log-scale bin) -> [visits, count at the last visit]; see _visit
     levels: dict[tuple[int, int], list[float]] = field(default_factory=dict)
     # retrain when (count + phase) % train_every == 0: the detectors of a city's sensors, started
     # together, then retrain at different points instead of all in the same micro-batch
@@ -401,7 +421,8 @@ class Detector:
             self.residuals.append(residual)
         w = c.forecast_weight
         surprise = (1 - w) * _surprise(z_seasonal) + w * _surprise(z_forecast)
-        score = self._likelihood(surprise, self._new_level(value, z_seasonal))
+        new_level = self._new_level(value, z_seasonal) if self.count >= c.warmup else 0.0
+        score = self._likelihood(surprise, new_level, abs(z_seasonal))
 
         # learn from the point
         if x is not None and base is not None:  # x is made only from a baseline
@@ -429,12 +450,13 @@ class Detector:
 
     def _visits(self, key: tuple[int, int]) -> float:
         """How often the series was at a level lately: each visit fades by half every
-        ``level_half_life`` points."""
+        ``level_half_life`` points (an infinite half-life: never)."""
         found = self.levels.get(key)
         if found is None:
             return 0.0
         visits, at = found
-        return visits * 0.5 ** ((self.count - at) / self.config.level_half_life)
+        half_life = self.config.level_half_life
+        return visits if math.isinf(half_life) else visits * 0.5 ** ((self.count - at) / half_life)
 
     def _new_level(self, value: float, z: float) -> float:
         """The new-level channel's score of a point: 0, or at least 0.99 for a point that is far
@@ -454,19 +476,23 @@ class Detector:
         """Count a visit to the value's level; forget levels whose visits have faded away."""
         key = self._level_key(value)
         self.levels[key] = [self._visits(key) + 1.0, float(self.count)]
-        if self.count % max(int(self.config.level_half_life), 1) == 0:
+        half_life = self.config.level_half_life
+        if math.isfinite(half_life) and self.count % max(int(half_life), 1) == 0:
             self.levels = {k: v for k, v in self.levels.items() if self._visits(k) >= 1e-3}
 
     # --- the anomaly likelihood ---------------------------------------------------------------
 
-    def _likelihood(self, surprise: float, new_level: float = 0.0) -> float:
+    def _likelihood(self, surprise: float, new_level: float = 0.0, distance: float = 0.0) -> float:
         """HTM-style anomaly likelihood of the recent surprise, damped right after an alert.
 
         Two channels, each a z-score against its own history of the last ``long_window`` points:
         the mean surprise of the last ``short_window`` points (a spike), and the least surprise of
         the last ``sustain_window`` points (a deviation that lasts), the latter counted at
         ``sustain_weight``. The stronger one gives the tail probability; the new-level channel's
-        score (``new_level``) replaces it when higher.
+        score (``new_level``) replaces it when higher. ``distance`` is the point's |z| from its
+        seasonal median: within the refractory period a point alerts again only with a score
+        higher by ``realert_margin`` or twice the alert's distance (at least twice ``level_z``;
+        scores stop at 1, distances do not: a far bigger second event is not hidden).
         """
         c = self.config
         history = self.surprises
@@ -493,12 +519,14 @@ class Detector:
         # full (by a margin: near 1 the scores of one event's points differ in the 4th decimal)
         self.alert_age += 1
         damped = score
-        higher = score > self.alert_peak + c.realert_margin
+        far = 2 * max(self.alert_distance, c.level_z)  # a far bigger event: never hidden
+        higher = score > self.alert_peak + c.realert_margin or distance > far
         if self.alert_age <= c.refractory and not higher:
             damped = score * 0.5
         if score >= 0.5 and (self.alert_age > c.refractory or higher):
             self.alert_age = 0
             self.alert_peak = score
+            self.alert_distance = distance
         return damped
 
     # --- forecasting ----------------------------------------------------------------------
@@ -559,6 +587,7 @@ class Detector:
             "surprises": list(self.surprises),
             "alert_age": self.alert_age,
             "alert_peak": self.alert_peak,
+            "alert_distance": self.alert_distance,
             "floor": self.floor,
             "surprise_sum": self.surprise_sum,
             "surprise_sq": self.surprise_sq,
@@ -592,6 +621,7 @@ class Detector:
             surprises=deque(state["surprises"]),
             alert_age=state["alert_age"],
             alert_peak=state["alert_peak"],
+            alert_distance=state["alert_distance"],
             floor=state["floor"],
             surprise_sum=state["surprise_sum"],
             surprise_sq=state["surprise_sq"],

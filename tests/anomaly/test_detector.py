@@ -14,6 +14,7 @@ from cityos.anomaly.detector import Detector, DetectorConfig, DetectorError, sco
 from cityos.settings import SHARED_DIR
 
 NAB = SHARED_DIR / "data" / "nab"
+DONGSI = "PRSA_Data_Dongsi_20130301-20170228.csv"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,13 +100,74 @@ def test_a_spike_to_a_level_not_visited_lately_is_detected() -> None:
     assert with_channel[428] == without[428] < 0.5
 
 
+def test_a_far_bigger_second_spike_right_after_an_alert_still_alerts() -> None:
+    """The re-alert margin keeps one event to one alert; a point twice as far from its
+    baseline as the alert's, six readings later, is another event and is not hidden."""
+    data = series("TravelTime_387.csv").iloc[:460]
+    values = data["value"].to_numpy(dtype=float)
+    values[434] = 9000.0  # 1.6 times the series' largest value, 6 readings after row 428's
+    scores = score_series(data["timestamp"], values)
+    assert scores[428] >= 0.99 and scores[434] >= 0.99
+
+
+def test_the_new_level_channel_waits_for_the_warm_up() -> None:
+    """A fresh detector has seen too little to call a level new: at Dongsi, hour 49 (127 µg/m³
+    after two clean days) would alert on it alone."""
+    raw = pd.read_csv(SHARED_DIR / "data" / "beijing-air-quality-prsa" / DONGSI).iloc[:300]
+    stamps = pd.to_datetime(raw[["year", "month", "day", "hour"]]).dt.tz_localize("UTC")
+    values = raw["PM2.5"].to_numpy(dtype=float)
+    warmup = DetectorConfig().warmup
+    with_channel = score_series(stamps, values)[:warmup]
+    without = score_series(stamps, values, dataclasses.replace(DetectorConfig(), level_z=math.inf))[
+        :warmup
+    ]
+    np.testing.assert_array_equal(with_channel, without)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("level_half_life", 0.0),
+        ("level_half_life", math.nan),
+        ("level_width", 0.0),
+        ("level_width", -1.0),
+        ("level_z", 0.0),
+        ("level_visits", -1.0),
+        ("realert_margin", -0.1),
+    ],
+)
+def test_settings_the_detector_cannot_run_with_are_refused_by_name(setting, value) -> None:
+    with pytest.raises(DetectorError, match=f"invalid detector settings: {setting}="):
+        DetectorConfig(**{setting: value})
+
+
+def test_visits_that_never_fade_and_a_channel_turned_off_are_settings_too() -> None:
+    data = series("speed_6005.csv").iloc[:300]
+    for config in (DetectorConfig(level_half_life=math.inf), DetectorConfig(level_z=math.inf)):
+        detector = Detector(config)
+        pairs = zip(data["timestamp"], data["value"], strict=True)
+        scores = [detector.update(t, v) for t, v in pairs]
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        restored = Detector.from_bytes(detector.to_bytes())
+        assert restored.state_dict() == detector.state_dict()
+
+
 def test_one_event_alerts_once(speed_7578) -> None:
     """Scores near 1 differ in the 4th decimal from one point of an event to the next: within
-    the refractory period only a clearly higher score alerts again."""
-    _, scores = speed_7578
-    alerts = np.flatnonzero(scores >= 0.99)
-    assert len(alerts) >= 4  # the labelled drops
-    assert (np.diff(alerts) > DetectorConfig().refractory).all(), alerts
+    the refractory period only a clearly higher score (or a far bigger distance from the
+    baseline, a second event) alerts again."""
+    data, scores = speed_7578
+    no_margin = score_series(
+        data["timestamp"], data["value"], dataclasses.replace(DetectorConfig(), realert_margin=0)
+    )
+
+    def repeats(s: np.ndarray) -> int:
+        alerts = np.flatnonzero(s >= 0.99)
+        return int((np.diff(alerts) <= DetectorConfig().refractory).sum())
+
+    assert len(np.flatnonzero(scores >= 0.99)) >= 4  # the labelled drops
+    assert repeats(no_margin) >= 4  # 317/318, 955/956, ...: each drop alerted twice or more
+    assert repeats(scores) <= 1  # 921, 28 sigmas off, two readings after 919's alert
 
 
 def test_state_round_trips_and_continues_identically() -> None:
