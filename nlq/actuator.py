@@ -5,6 +5,9 @@ controller that reads the topic (``cityos.streaming.control.ControlLoop`` beside
 confirms it. A message is keyed by intersection id, so the changes of one signal keep their
 order; it is acknowledged by every in-sync replica (acks=all, idempotent) before ``apply``
 returns, and a change that could not be delivered raises, so the approval records a failure.
+A broker that cannot be reached when the service starts is tried again at the next change: an
+approval meanwhile fails with the reason (and holds nothing), and the first one after the broker
+is back goes through, without a restart.
 """
 
 from __future__ import annotations
@@ -35,17 +38,28 @@ class KafkaActuator:
 
     def __init__(self, bootstrap: str, topic: str, producer: Any = None) -> None:
         self.topic = topic
-        self._producer = producer or _producer(bootstrap)
+        self._bootstrap = bootstrap
+        self._producer = producer  # made at the first change when not given
         self._lock = threading.Lock()  # the service approves from a thread pool
 
     @classmethod
-    def connect(cls, settings: Settings) -> KafkaActuator | None:
-        """The actuator for the settings' broker, or None (logged) when it cannot be reached."""
+    def connect(cls, settings: Settings) -> KafkaActuator:
+        """The actuator for the settings' broker, connected now if it can be reached (logged if
+        not: each change then tries again)."""
+        actuator = cls(settings.kafka_bootstrap, Topics(settings.topic_prefix).control)
         try:
-            return cls(settings.kafka_bootstrap, Topics(settings.topic_prefix).control)
+            with actuator._lock:
+                actuator._connected()
         except ActuatorError as err:
-            log.warning("no actuator: %s; approved signal changes stay 'approved'", err)
-            return None
+            log.warning("%s; approved signal changes fail until it can be reached", err)
+        return actuator
+
+    def _connected(self) -> Any:
+        """The producer, made now if there is none yet (ActuatorError: Kafka cannot be reached).
+        Called under the lock."""
+        if self._producer is None:
+            self._producer = _producer(self._bootstrap)
+        return self._producer
 
     def apply(self, action: Action) -> Applied | None:
         self.send(_change(action, float(action.params["green_s"]), "apply"))
@@ -61,7 +75,12 @@ class KafkaActuator:
 
         with self._lock:
             try:
-                future = self._producer.send(self.topic, key=change.key, value=change.encode())
+                producer = self._connected()
+            except ActuatorError:
+                metrics.ACTUATOR_SENDS.labels(change.kind, "error").inc()  # issue 6
+                raise
+            try:
+                future = producer.send(self.topic, key=change.key, value=change.encode())
                 meta = future.get(timeout=DELIVERY_TIMEOUT_S)
             except KafkaError as err:
                 metrics.ACTUATOR_SENDS.labels(change.kind, "error").inc()  # issue 6
@@ -79,7 +98,8 @@ class KafkaActuator:
         )
 
     def close(self) -> None:
-        self._producer.close(timeout=10)
+        if self._producer is not None:
+            self._producer.close(timeout=10)
 
 
 def _change(action: Action, green_s: float, kind: str) -> ControlChange:

@@ -7,8 +7,12 @@ The serving tables hold the cologne8 twin's own registration (``register_twin``,
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import libsumo
@@ -59,7 +63,6 @@ def people(database_url, pg_schema):
 @pytest.fixture
 def actuator(control_settings):
     kafka = KafkaActuator.connect(control_settings)
-    assert kafka is not None
     yield kafka
     kafka.close()
 
@@ -426,6 +429,72 @@ def test_a_rollback_the_control_topic_does_not_take_raises_actuator_unavailable(
     assert trail(service, proposed.action_id)[-1] == ("apply", "actuator:sumo", "applied")
     rolling = service.rollback(proposed.action_id, people["alice"])  # nothing stands in its way
     assert rolling.status == "applied" and "rollback to 78 s sent" in (rolling.note or "")
+
+
+@contextmanager
+def forwarding(port: int, to: str) -> Iterator[None]:
+    """Listen on ``port`` and pass every connection through to ``to`` (host:port), both ways,
+    while the block runs: a broker address that answers only from now on."""
+    host, target = to.rsplit(":", 1)
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while chunk := a.recv(65536):
+                b.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            b.close()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection((host, int(target)))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_a_broker_away_when_the_service_starts_fails_approvals_clearly_until_it_answers(
+    control_settings, people, database_url, pg_schema
+):
+    """The broker cannot be reached when the service starts: an approval fails with the reason
+    and leaves the intersection free; once the broker answers, the next one is sent, with no
+    restart (it used to run with no actuator for its whole life: 'approved', never sent)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now; nothing listens on it until forwarding()
+    away = control_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{port}"})
+    actuator = KafkaActuator.connect(away)  # logs that it cannot reach Kafka; does not raise
+    service = ActionService(lambda: connect(database_url, pg_schema), control_settings, actuator)
+    try:
+        first = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+        failed = service.approve(first.action_id, people["bob"])
+        assert failed.status == "failed"
+        assert f"cannot reach Kafka at 127.0.0.1:{port}" in (failed.note or "")
+        assert trail(service, first.action_id)[-1][2] == "failed"
+
+        second = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+        assert second.status == "proposed", second.reason  # nothing holds the intersection
+        with forwarding(port, control_settings.kafka_bootstrap):
+            sent = service.approve(second.action_id, people["bob"])
+        assert sent.status == "sent", sent.note
+    finally:
+        actuator.close()
 
 
 def applied_change(sim, loop, service, people, phase_index, green_s):

@@ -218,8 +218,7 @@ def service(controlled: Settings, answerer: Answerer) -> Iterator[Service]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-        if actuator is not None:
-            actuator.close()
+        actuator.close()
         running.revoke_tokens()  # the database is shared by the session's tests
 
 
