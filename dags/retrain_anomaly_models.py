@@ -9,6 +9,11 @@ from the lake) is the task's return value (XCom). A lake without events of the i
 task, naming the folder and the interval (it is retried: the streaming job may be behind).
 Backfills reach back as far as the lake keeps dates (``CITYOS_LAKE_RETENTION_DAYS``).
 
+The run waits until four hours after the interval's end (:data:`SETTLE`): air quality may arrive
+2 h late (``CITYOS_AIR_WATERMARK``), and the ``retention`` DAG compacts the day's lake folders
+three hours after its end; training at midnight would hold out a day missing its last hours, and
+a rerun with them would be another version.
+
 Each run compares with the production model of the runs before it, so ``retrain``
 ``depends_on_past``: a backfill trains the days in order (Airflow refuses ``--run-backwards``),
 and a day that fails holds the later ones until it is cleared. A rerun of an older day never
@@ -21,7 +26,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pendulum
+from airflow.providers.standard.sensors.time_delta import TimeDeltaSensor
 from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+# the retention DAG's settle time (3 h: late air quality) and an hour for its compaction
+SETTLE = timedelta(hours=4)
 
 
 @dag(
@@ -35,7 +44,15 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
     doc_md=__doc__,
 )
 def retrain_anomaly_models() -> None:
-    """Train, evaluate, register and (if better) promote the anomaly models of the interval."""
+    """Wait for the day's late data and compaction; train, evaluate, register and (if better)
+    promote the anomaly models of the interval."""
+    wait_for_late_data = TimeDeltaSensor(
+        task_id="wait_for_late_data",
+        delta=SETTLE,
+        mode="reschedule",
+        poke_interval=300,
+        doc_md="Wait until the interval's end plus SETTLE: the day is complete and compacted.",
+    )
 
     @task(execution_timeout=timedelta(hours=2), depends_on_past=True)
     def retrain(data_interval_start: datetime, data_interval_end: datetime) -> dict:
@@ -46,7 +63,7 @@ def retrain_anomaly_models() -> None:
 
         return run_retrain(load_settings(), data_interval_start, data_interval_end)
 
-    retrain()  # type: ignore[call-arg]
+    wait_for_late_data >> retrain()  # type: ignore[call-arg]
 
 
 retrain_anomaly_models()

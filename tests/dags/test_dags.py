@@ -177,9 +177,16 @@ def test_retrain_trains_its_interval_from_the_lake(
         conn.execute("TRUNCATE traffic_5m, air_quality_1h")  # the task reads the lake only
         conn.commit()
 
-    run = dagbag.get_dag("retrain_anomaly_models").test(logical_date=end)
+    dag = dagbag.get_dag("retrain_anomaly_models")
+    # it trains once the day is complete and compacted: after retention's wait and compaction
+    assert dag.get_task("retrain").upstream_task_ids == {"wait_for_late_data"}
+    assert (
+        dag.get_task("wait_for_late_data").delta
+        > dagbag.get_dag("retention").get_task("wait_for_late_data").delta
+    )
+    run = dag.test(logical_date=end)
 
-    assert _states(run) == {"retrain": "success"}
+    assert _states(run) == {"wait_for_late_data": "success", "retrain": "success"}
     assert (run.data_interval_start, run.data_interval_end) == (day, end)
     with connect(database_url, pg_schema) as conn:
         models = conn.execute(
