@@ -6,7 +6,9 @@ The NL-query service publishes every approved signal-timing change to the contro
 
 1. locks the action's row and checks it still awaits this step (``sent``/``approved`` for an
    apply, ``applied`` for a rollback) and that the message is exactly what was approved (its
-   intersection, phase and green); anything else is skipped and logged, never held against the
+   intersection, phase and green; for a rollback, also that the action's latest audit step is a
+   person's rollback request, which the service commits with the message under the action's
+   row lock); anything else is skipped and logged, never held against the
    action, so a message delivered again after a restart changes nothing and a stray message
    cannot fail an approved change. A replay skipped because its action was decided meanwhile
    puts the phase back to the plan in force, should the controller run something else;
@@ -495,7 +497,22 @@ class ControlLoop:
             )
         if change.kind == "apply":
             expected = _seconds(params.get("green_s"))
-        else:  # back to the green the apply step found
+        else:  # back to the green the apply step found, and only when a person asked for it
+            latest = _one(
+                conn,
+                "SELECT step, status_after, actor FROM action_audit WHERE action_id = %s"
+                " ORDER BY audit_id DESC LIMIT 1",
+                (change.action_id,),
+            )
+            if latest is None or (latest["step"], latest["status_after"]) != (
+                "rollback",
+                "applied",
+            ):
+                last = "nothing" if latest is None else f"{latest['step']} by {latest['actor']}"
+                return (
+                    f"no rollback of {change.action_id} was requested (its last audit step is "
+                    f"{last}): the service records the request before the controller acts"
+                )
             applied = _one(
                 conn,
                 "SELECT before FROM action_audit WHERE action_id = %s AND step = 'apply'"

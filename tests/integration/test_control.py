@@ -352,6 +352,7 @@ def test_the_controller_refuses_a_rollback_that_would_undo_a_newer_change(
     first, second = applied_then_another_sent(sim, loop, service, people)
     # a rollback of the first behind the second on the topic all the same (as a service without
     # the check above would send it): the controller applies the second, then refuses it
+    request_rollback_unchecked(database_url, pg_schema, first.action_id)
     actuator.send(ControlChange(first.action_id, NEUSSER_WILHELM, 0, 78.0, "rollback"))
     poll_until(
         sim, loop, lambda: loop.stats.failed + loop.stats.rolled_back == 1, "the rollback handled"
@@ -363,6 +364,42 @@ def test_the_controller_refuses_a_rollback_that_would_undo_a_newer_change(
     kept = service.get(first.action_id)
     assert kept.status == "applied" and "a later change stands" in (kept.note or "")
     assert trail(service, first.action_id)[-1] == ("fail", "actuator:sumo", "applied")
+
+
+def request_rollback_unchecked(database_url, pg_schema, action_id):
+    """The audit row of an operator's rollback request, as a service without its own checks
+    would record it with the message."""
+    with connect(database_url, pg_schema, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO action_audit (action_id, step, actor, actor_role, at, status_before,"
+            " status_after, note) VALUES (%s, 'rollback', 'alice', 'operator', now(), 'applied',"
+            " 'applied', 'rollback sent to the controller')",
+            (action_id,),
+        )
+
+
+def test_a_rollback_nobody_requested_is_skipped_and_the_change_keeps_running(
+    sim, loop, service, actuator, people, database_url, pg_schema
+):
+    """Anyone who can write to the control topic could send a rollback message; without a
+    person's request in the audit trail the controller does not act on it."""
+    done = applied_change(sim, loop, service, people, 0, 60)
+    skipped = loop.stats.skipped
+    actuator.send(ControlChange(done.action_id, NEUSSER_WILHELM, 0, 78.0, "rollback"))
+    poll_until(sim, loop, lambda: loop.stats.skipped > skipped, "the forged rollback read")
+    assert service.get(done.action_id).status == "applied"
+    assert sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0
+    # the request through the service goes through; its message comes after the forged one on
+    # the intersection's partition, so had the forged one rolled the change back, this would fail
+    service.rollback(done.action_id, people["alice"])
+    assert run_until(sim, loop, service, done.action_id, ("rolled_back",)).status == "rolled_back"
+    assert trail(service, done.action_id)[-3:] == [
+        ("apply", "actuator:sumo", "applied"),
+        ("rollback", "alice", "applied"),
+        ("rollback", "actuator:sumo", "rolled_back"),
+    ]
+    assert (loop.stats.rolled_back, sumo_green(sim, NEUSSER_WILHELM, 0)) == (1, 78.0)
+    assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
 
 
 def drop_connection_on_confirm(database_url, pg_schema):
@@ -552,6 +589,7 @@ def test_the_controller_refuses_a_rollback_that_would_break_the_cycle_bounds(
     first = applied_change(sim, loop, service, people, 1, 20)
     applied_change(sim, loop, service, people, 0, 10)
     # the rollback on the topic all the same (as a service without the check would send it)
+    request_rollback_unchecked(database_url, pg_schema, first.action_id)
     actuator.send(ControlChange(first.action_id, NEUSSER_WILHELM, 1, 6.0, "rollback"))
     poll_until(
         sim, loop, lambda: loop.stats.failed + loop.stats.rolled_back == 1, "the rollback handled"
