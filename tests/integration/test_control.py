@@ -402,9 +402,13 @@ def test_a_rollback_nobody_requested_is_skipped_and_the_change_keeps_running(
     assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
 
 
-def drop_connection_on_confirm(database_url, pg_schema):
-    """The database drops the controller's connection when it records a change: SUMO already
-    runs it, the record is lost, and the loop reads the message again on its next poll."""
+@contextmanager
+def a_change_whose_record_is_lost(sim, loop, service, people, database_url, pg_schema):
+    """A 60 s change of phase 0, approved and run by SUMO, whose record the database lost: it
+    drops the controller's connection when the change is recorded (until the block ends), and
+    the loop reads the message again on its next poll. Yields the action, still 'sent'."""
+    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
+    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
     with connect(database_url, pg_schema, autocommit=True) as conn:
         conn.execute(
             "CREATE FUNCTION drop_connection() RETURNS trigger LANGUAGE plpgsql AS $$"
@@ -415,23 +419,23 @@ def drop_connection_on_confirm(database_url, pg_schema):
             "CREATE TRIGGER drop_connection BEFORE INSERT ON action_audit FOR EACH ROW"
             " WHEN (NEW.actor = 'actuator:sumo') EXECUTE FUNCTION drop_connection()"
         )
+    try:
+        poll_until(
+            sim, loop, lambda: sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0, "SUMO runs the change"
+        )
+        yield proposed
+    finally:
+        with connect(database_url, pg_schema, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER drop_connection ON action_audit")
 
 
 def test_a_change_applied_again_after_a_database_error_records_the_green_it_replaced(
     sim, loop, service, people, database_url, pg_schema
 ):
-    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
-    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
-    drop_connection_on_confirm(database_url, pg_schema)
-    try:
-        poll_until(
-            sim, loop, lambda: sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0, "SUMO runs the change"
-        )
+    lost = a_change_whose_record_is_lost(sim, loop, service, people, database_url, pg_schema)
+    with lost as proposed:
         assert service.get(proposed.action_id).status == "sent"
         assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
-    finally:
-        with connect(database_url, pg_schema, autocommit=True) as conn:
-            conn.execute("DROP TRIGGER drop_connection ON action_audit")
 
     applied = run_until(sim, loop, service, proposed.action_id, ("applied", "failed"))
     assert applied.status == "applied", applied.note
@@ -662,18 +666,10 @@ def test_a_green_approved_unrounded_runs_and_is_recorded_as_the_controller_reads
 def test_a_change_whose_record_was_lost_and_that_was_rejected_then_stops_running(
     sim, loop, service, people, database_url, pg_schema
 ):
-    proposed = service.propose(signal_draft(NEUSSER_WILHELM, 0, 60), people["alice"])
-    assert service.approve(proposed.action_id, people["bob"]).status == "sent"
-    drop_connection_on_confirm(database_url, pg_schema)
-    try:
-        poll_until(
-            sim, loop, lambda: sumo_green(sim, NEUSSER_WILHELM, 0) == 60.0, "SUMO runs the change"
-        )
+    lost = a_change_whose_record_is_lost(sim, loop, service, people, database_url, pg_schema)
+    with lost as proposed:
         # the operator rejects what the record says was never applied
         assert service.reject(proposed.action_id, people["alice"]).status == "rejected"
-    finally:
-        with connect(database_url, pg_schema, autocommit=True) as conn:
-            conn.execute("DROP TRIGGER drop_connection ON action_audit")
     poll_until(sim, loop, lambda: loop.stats.skipped == 1, "the replay skipped")
     assert sumo_green(sim, NEUSSER_WILHELM, 0) == 78.0  # the plan in force again
     assert plan(database_url, pg_schema, NEUSSER_WILHELM, 0) == 78.0
