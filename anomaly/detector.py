@@ -3,9 +3,11 @@
 ``Detector.update(timestamp, value)`` sees each point once, in order, and returns an anomaly
 score in [0, 1] computed only from the past and the point itself. Four parts, combined:
 
-* **seasonal baseline** — a time-of-week profile (falling back to time-of-day, then to the whole
-  recent series while a bin is young) of the last values per bin; the residual against the bin's
-  median, in units of the bin's MAD, is a robust z-score;
+* **seasonal baseline** — a time-of-week profile of the last values per bin, falling back while a
+  bin is young to a time-of-day profile of the same kind of day (weekday or weekend), then to
+  time-of-day over all days (once this kind of day has been seen before: a city's first weekend
+  is not judged by its weekday rush hours), then to the whole recent series; the residual against
+  the bin's median, in units of the bin's MAD, is a robust z-score;
 * **forecaster** — a small torch MLP that predicts the next value's mean and spread from the
   last few values (relative to the seasonal median), the time of day and the gap since the
   previous point, retrained every ``train_every`` points on the series' own recent past; the
@@ -53,10 +55,13 @@ import numpy as np
 
 from cityos.errors import CityOSError
 
-STATE_VERSION = 3  # 2: the sustained-deviation channel; 3: the visited levels (new-level channel)
+# 2: the sustained-deviation channel; 3: the visited levels (new-level channel); 4: the day-kind
+# (weekday/weekend) profile
+STATE_VERSION = 4
 _WEEK_S = 7 * 86400
 _DAY_S = 86400
 _MAD_TO_SIGMA = 1.4826
+WEEKDAY, WEEKEND = 0, 1  # kinds of day; Saturday and Sunday are the weekend
 
 
 class DetectorError(CityOSError):
@@ -88,7 +93,7 @@ class DetectorConfig:
     realert_margin: float = 0.01  # … unless they exceed the alert's score by more than this
     forecast_weight: float = 0.25  # share of the forecaster's surprise in the combined one
     level_width: float = 0.15  # new-level channel: a level is a log-scale bin 15 % wide …
-    level_z: float = 8.0  # … a point this many robust sigmas off its seasonal median …
+    level_z: float = 10.0  # … a point this many robust sigmas off its seasonal median …
     level_visits: float = 2.0  # … at a level (or its two neighbours) visited at most this often
     level_half_life: float = 256.0  # … lately: a visit counts half after this many points
     floor_every: int = 1  # refresh the series-wide scale floor every this many points
@@ -160,6 +165,11 @@ def _standardised(value: float, total: float, squares: float, n: int) -> float:
     mean = total / n
     std = max(math.sqrt(max(squares / n - mean * mean, 0.0)), 1e-3)
     return (value - mean) / std
+
+
+def _day_kind(t: float) -> int:
+    """WEEKDAY or WEEKEND of a POSIX time (UTC days; 1970-01-01 was a Thursday)."""
+    return WEEKEND if (int(t // _DAY_S) + 3) % 7 >= 5 else WEEKDAY
 
 
 def _as_utc(ts: datetime | float | int | str) -> float:
@@ -261,6 +271,9 @@ class Detector:
     steps: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # recent gaps, s
     week_bins: dict[int, deque[float]] = field(default_factory=dict)
     day_bins: dict[int, deque[float]] = field(default_factory=dict)
+    # time of day per kind of day: key kind * bins_per_day + bin (see _bins)
+    kind_bins: dict[int, deque[float]] = field(default_factory=dict)
+    kind_first: dict[int, int] = field(default_factory=dict)  # kind -> first day seen (UTC days)
     recent: deque[float] = field(default_factory=deque)
     residuals: deque[float] = field(default_factory=deque)  # recent seasonal residuals
     lags: deque[float] = field(default_factory=deque)  # recent values relative to the baseline
@@ -299,15 +312,27 @@ class Detector:
 
     # --- the seasonal baseline -------------------------------------------------------------
 
-    def _bins(self, t: float) -> tuple[int, int]:
+    def _bins(self, t: float) -> tuple[int, int, int]:
+        """The time-of-week, time-of-day and kind-of-day-and-time-of-day bins of ``t``."""
         width = self.config.bin_minutes * 60
-        return int((t % _WEEK_S) // width), int((t % _DAY_S) // width)
+        day = int((t % _DAY_S) // width)
+        per_day = -(-_DAY_S // width)
+        return int((t % _WEEK_S) // width), day, _day_kind(t) * per_day + day
 
     def _baseline(self, t: float) -> tuple[float, float] | None:
-        """Median and robust sigma of the seasonal profile at time ``t`` (None: no history)."""
+        """Median and robust sigma of the seasonal profile at time ``t`` (None: no history).
+
+        The first bin with ``min_bin_count`` values of: the time of week, the time of day on the
+        same kind of day, the time of day on any day — the last only once this kind of day was
+        seen on an earlier day (the first weekend of a series is not compared with weekdays,
+        nor the first weekday with a weekend) — then the recent series as a whole."""
         c = self.config
-        week, day = self._bins(t)
-        for store, key in ((self.week_bins, week), (self.day_bins, day)):
+        week, day, kind = self._bins(t)
+        first = self.kind_first.get(_day_kind(t))
+        stores = [(self.week_bins, week), (self.kind_bins, kind)]
+        if first is not None and first < t // _DAY_S:
+            stores.append((self.day_bins, day))
+        for store, key in stores:
             values = store.get(key)
             if values is not None and len(values) >= c.min_bin_count:
                 med, mad = _median_mad(values)
@@ -341,9 +366,11 @@ class Detector:
 
     def _learn_seasonal(self, t: float, value: float) -> None:
         c = self.config
-        week, day = self._bins(t)
+        week, day, kind = self._bins(t)
         self.week_bins.setdefault(week, deque(maxlen=c.bin_memory)).append(value)
         self.day_bins.setdefault(day, deque(maxlen=c.bin_memory)).append(value)
+        self.kind_bins.setdefault(kind, deque(maxlen=c.bin_memory)).append(value)
+        self.kind_first.setdefault(_day_kind(t), int(t // _DAY_S))
         self.recent.append(value)
 
     # --- the forecaster ---------------------------------------------------------------------
@@ -574,6 +601,8 @@ class Detector:
             "steps": list(self.steps),
             "week_bins": {str(k): list(v) for k, v in self.week_bins.items()},
             "day_bins": {str(k): list(v) for k, v in self.day_bins.items()},
+            "kind_bins": {str(k): list(v) for k, v in self.kind_bins.items()},
+            "kind_first": {str(k): v for k, v in self.kind_first.items()},
             "recent": list(self.recent),
             "residuals": list(self.residuals),
             "lags": list(self.lags),
@@ -611,6 +640,8 @@ class Detector:
             steps=deque(state["steps"], maxlen=64),
             week_bins={int(k): deque(v, maxlen=memory) for k, v in state["week_bins"].items()},
             day_bins={int(k): deque(v, maxlen=memory) for k, v in state["day_bins"].items()},
+            kind_bins={int(k): deque(v, maxlen=memory) for k, v in state["kind_bins"].items()},
+            kind_first={int(k): int(v) for k, v in state["kind_first"].items()},
             recent=deque(state["recent"]),
             residuals=deque(state["residuals"]),
             lags=deque(state["lags"]),

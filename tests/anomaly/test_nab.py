@@ -148,17 +148,19 @@ def test_cityos_detector_on_realtraffic_keeps_its_published_figures() -> None:
 
     A change of the detector that moves these must update the README's table; the 0.5 margin
     leaves room for floating-point differences between CPUs (the forecaster is a torch MLP),
-    not for a change of behaviour. Every published detector but contextOSE is behind on every
-    profile.
+    not for a change of behaviour. CityOS is ahead of every published detector on every
+    profile: that is the issue's target, and the margin over contextOSE is 0.1-0.2 points (less
+    than the spread over the forecaster's seeds; anomaly/README.md), so a change that loses it
+    fails here.
     """
     from cityos.anomaly.nab_bench import run_benchmark
 
     result = run_benchmark(ROOT)["results"]
-    reported = {"standard": 90.5, "reward_low_FP_rate": 87.0, "reward_low_FN_rate": 93.7}
+    reported = {"standard": 91.3, "reward_low_FP_rate": 88.6, "reward_low_FN_rate": 94.2}
     for profile, figure in reported.items():
         assert result["cityos"][profile]["normalised"] == pytest.approx(figure, abs=0.5), profile
     for profile in PROFILES:
-        assert result["rank"][profile] <= 2, profile
-        others = {d: r for d, r in result["published"].items() if d != "contextOSE"}
-        best_other = max(r[profile]["normalised"] for r in others.values())
-        assert result["cityos"][profile]["normalised"] > best_other, profile
+        assert result["rank"][profile] == 1, profile
+        best = max(r[profile]["normalised"] for r in result["published"].values())
+        assert result["cityos"][profile]["normalised"] > best, profile
+    assert all(result["ahead_of_every_published"].values())
