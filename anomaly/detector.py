@@ -30,8 +30,10 @@ score in [0, 1] computed only from the past and the point itself. Four parts, co
   before the damping, whatever the likelihood says. A spike to a level visited a few times
   lately (a daily peak, an incident's readings after its first few) gains nothing from it.
 
-Timestamps may be irregular, have gaps (the lag buffer is reset after a long gap) and repeat
-(a duplicate stamp is scored as another observation at the same time). The whole state is plain
+Days, hours and weekends are those of the detector's ``timezone`` (the series' city's; the
+timestamps themselves are instants). Timestamps may be irregular, have gaps (the lag buffer is
+reset after a long gap) and repeat (a duplicate stamp is scored as another observation at the
+same time). The whole state is plain
 data (``state_dict``/``to_bytes``) so the streaming job can persist it per sensor and resume
 exactly. ``forecast(k)`` gives the next ``k`` steps with a prediction interval for predictive
 alerts. The defaults of :class:`DetectorConfig` are the settings used everywhere (NAB, Cologne,
@@ -50,13 +52,14 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
 from cityos.errors import CityOSError
 
 # 2: the sustained-deviation channel; 3: the visited levels (new-level channel); 4: the day-kind
-# (weekday/weekend) profile
+# (weekday/weekend) profile and the time zone of the calendar
 STATE_VERSION = 4
 _WEEK_S = 7 * 86400
 _DAY_S = 86400
@@ -167,9 +170,27 @@ def _standardised(value: float, total: float, squares: float, n: int) -> float:
     return (value - mean) / std
 
 
-def _day_kind(t: float) -> int:
-    """WEEKDAY or WEEKEND of a POSIX time (UTC days; 1970-01-01 was a Thursday)."""
-    return WEEKEND if (int(t // _DAY_S) + 3) % 7 >= 5 else WEEKDAY
+def _day_kind(local: float) -> int:
+    """WEEKDAY or WEEKEND of a local wall-clock time in seconds since 1970-01-01 00:00 (a
+    Thursday)."""
+    return WEEKEND if (int(local // _DAY_S) + 3) % 7 >= 5 else WEEKDAY
+
+
+def _zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; DetectorError naming it if this machine does not know it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise DetectorError(f"unknown time zone {name!r} for the detector's calendar") from err
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_offset(name: str, quarter: int) -> float:
+    """The UTC offset, s, of zone ``name`` in the quarter hour starting at POSIX time
+    ``quarter * 900`` (zones change offset at whole quarter hours of UTC; points arrive in
+    order, so the cache holds the few recent quarters a series asks for)."""
+    offset = datetime.fromtimestamp(quarter * 900, _zone(name)).utcoffset()
+    return offset.total_seconds() if offset is not None else 0.0
 
 
 def _as_utc(ts: datetime | float | int | str) -> float:
@@ -296,12 +317,16 @@ class Detector:
     # retrain when (count + phase) % train_every == 0: the detectors of a city's sensors, started
     # together, then retrain at different points instead of all in the same micro-batch
     phase: int = 0
+    # the IANA time zone whose days and hours the seasonal profile and the forecaster's time of
+    # day follow: the series' city's (rush hour is at 08:00 local, summer time or not)
+    timezone: str = "UTC"
     # derived from the state above, not part of it: (count it was computed at, value)
     _floor_cache: tuple[int, float] | None = field(default=None, repr=False, compare=False)
     _step_cache: float | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         c = self.config
+        _zone(self.timezone)  # an unknown zone fails here, by name, not at the first point
         self.recent = deque(self.recent, maxlen=c.recent_memory)
         self.residuals = deque(self.residuals, maxlen=c.recent_memory)
         self.lags = deque(self.lags, maxlen=c.lags)
@@ -312,12 +337,18 @@ class Detector:
 
     # --- the seasonal baseline -------------------------------------------------------------
 
+    def _local(self, t: float) -> float:
+        """POSIX time ``t`` as seconds of the local wall clock of ``timezone`` (for bins)."""
+        return t if self.timezone == "UTC" else t + _utc_offset(self.timezone, int(t // 900))
+
     def _bins(self, t: float) -> tuple[int, int, int]:
-        """The time-of-week, time-of-day and kind-of-day-and-time-of-day bins of ``t``."""
+        """The time-of-week, time-of-day and kind-of-day-and-time-of-day bins of ``t``, in
+        local time."""
+        local = self._local(t)
         width = self.config.bin_minutes * 60
-        day = int((t % _DAY_S) // width)
+        day = int((local % _DAY_S) // width)
         per_day = -(-_DAY_S // width)
-        return int((t % _WEEK_S) // width), day, _day_kind(t) * per_day + day
+        return int((local % _WEEK_S) // width), day, _day_kind(local) * per_day + day
 
     def _baseline(self, t: float) -> tuple[float, float] | None:
         """Median and robust sigma of the seasonal profile at time ``t`` (None: no history).
@@ -328,9 +359,10 @@ class Detector:
         nor the first weekday with a weekend) — then the recent series as a whole."""
         c = self.config
         week, day, kind = self._bins(t)
-        first = self.kind_first.get(_day_kind(t))
+        local = self._local(t)
+        first = self.kind_first.get(_day_kind(local))
         stores = [(self.week_bins, week), (self.kind_bins, kind)]
-        if first is not None and first < t // _DAY_S:
+        if first is not None and first < local // _DAY_S:
             stores.append((self.day_bins, day))
         for store, key in stores:
             values = store.get(key)
@@ -370,7 +402,8 @@ class Detector:
         self.week_bins.setdefault(week, deque(maxlen=c.bin_memory)).append(value)
         self.day_bins.setdefault(day, deque(maxlen=c.bin_memory)).append(value)
         self.kind_bins.setdefault(kind, deque(maxlen=c.bin_memory)).append(value)
-        self.kind_first.setdefault(_day_kind(t), int(t // _DAY_S))
+        local = self._local(t)
+        self.kind_first.setdefault(_day_kind(local), int(local // _DAY_S))
         self.recent.append(value)
 
     # --- the forecaster ---------------------------------------------------------------------
@@ -391,7 +424,7 @@ class Detector:
         """The forecaster's inputs: scaled lags, time of day, the gap (None: too few lags)."""
         if len(lags) < self.config.lags:
             return None
-        phase = 2 * math.pi * (t % _DAY_S) / _DAY_S
+        phase = 2 * math.pi * (self._local(t) % _DAY_S) / _DAY_S
         return np.concatenate(
             [
                 np.clip(np.asarray(lags, dtype=np.float64) / scale, -10, 10),
@@ -625,6 +658,7 @@ class Detector:
             "sustained_sq": self.sustained_sq,
             "levels": [[sign, k, *visit] for (sign, k), visit in self.levels.items()],
             "phase": self.phase,
+            "timezone": self.timezone,
         }
 
     @classmethod
@@ -661,6 +695,7 @@ class Detector:
             sustained_sq=state["sustained_sq"],
             levels={(int(sign), int(k)): [visits, at] for sign, k, visits, at in state["levels"]},
             phase=state.get("phase", 0),
+            timezone=state["timezone"],
         )
 
     def to_bytes(self) -> bytes:

@@ -124,6 +124,14 @@ def read_series(conn: psycopg.Connection, start: datetime, end: datetime) -> Ser
     return dict(series)
 
 
+def sensor_timezones(conn: psycopg.Connection) -> dict[str, str]:
+    """Each sensor's city's time zone: the calendar of its detectors."""
+    rows = conn.execute(
+        "SELECT s.sensor_id, c.timezone FROM sensors s JOIN cities c ON c.city_id = s.city_id"
+    ).fetchall()
+    return {sensor: zone for sensor, zone in rows}
+
+
 def read_lake_series(
     conn: psycopg.Connection,
     spark: SparkSession,
@@ -324,6 +332,7 @@ def retrain(
                 "wall_s": round(time.monotonic() - began, 2),
             }
         seeds = SeedStates.open(current) if compare and current is not None else None
+        zones = sensor_timezones(conn)
 
         candidate_score, production_score = HoldoutScore(), HoldoutScore()
         trained: list[tuple[str, str, Detector, datetime]] = []
@@ -335,7 +344,9 @@ def retrain(
             test = [p for p in points if p[0] >= split]
             scale = _step_scale(train or points)
             t0 = time.process_time()
-            detector = Detector(config, phase=phase_for(f"{sensor}/{metric}", config))
+            zone = zones.get(sensor, "UTC")
+            phase = phase_for(f"{sensor}/{metric}", config)
+            detector = Detector(config, phase=phase, timezone=zone)
             _learn(detector, train)
             train_seconds += time.process_time() - t0
             errors, flags = _holdout(detector, test)
@@ -352,7 +363,7 @@ def retrain(
                     _learn(incumbent, catch_up)
                     p_errors, p_flags = _holdout(incumbent, test)
                 else:  # a sensor production never saw: it would start from nothing
-                    incumbent = Detector(config)
+                    incumbent = Detector(config, timezone=zone)
                     p_errors, p_flags = _holdout(incumbent, test)
                 production_score.add(p_errors, scale, p_flags)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -199,10 +199,11 @@ class Scorer:
 
     def _closed(self, conn: psycopg.Connection, table: WindowTable) -> list[dict[str, Any]]:
         query = sql.SQL(
-            "SELECT t.sensor_id, s.city_id, s.zone_id, t.window_start, t.window_end, {metrics}"
-            "{extra} FROM {table} t"
+            "SELECT t.sensor_id, s.city_id, c.timezone, s.zone_id, t.window_start, t.window_end,"
+            " {metrics}{extra} FROM {table} t"
             " JOIN sensor_watermarks w ON w.query_name = %(query)s AND w.sensor_id = t.sensor_id"
             " JOIN sensors s ON s.sensor_id = t.sensor_id"
+            " JOIN cities c ON c.city_id = s.city_id"
             " LEFT JOIN sensor_speed_limits l ON l.sensor_id = t.sensor_id"
             " LEFT JOIN scoring_progress p ON p.stream = %(stream)s AND p.sensor_id = t.sensor_id"
             " WHERE t.window_end <= w.max_event_time - %(lateness)s"
@@ -248,7 +249,7 @@ class Scorer:
                 value = row.get(metric)
                 if value is None:
                     continue
-                detector = self._detector(conn, table, sensor, metric, end)
+                detector = self._detector(conn, table, sensor, metric, end, row["timezone"])
                 if (sensor, metric) in self._seen_until and self._seen_until[
                     (sensor, metric)
                 ] >= end:
@@ -378,12 +379,13 @@ class Scorer:
         sensor: str,
         metric: str,
         end: datetime,
+        timezone: str,
     ) -> Detector:
         key = (sensor, metric)
         detector = self._detectors.get(key)
         if detector is not None:
             return detector
-        detector, seen_until = self._load(conn, sensor, metric)
+        detector, seen_until = self._load(conn, sensor, metric, timezone)
         self._detectors[key] = detector
         if seen_until is not None:
             self._seen_until[key] = seen_until
@@ -394,24 +396,41 @@ class Scorer:
         return detector
 
     def _load(
-        self, conn: psycopg.Connection, sensor: str, metric: str
+        self, conn: psycopg.Connection, sensor: str, metric: str, timezone: str
     ) -> tuple[Detector, datetime | None]:
-        """The saved state of this version, else the registry's seed, else a fresh detector."""
+        """The saved state of this version, else the registry's seed, else a fresh detector;
+        whichever it is keeps its calendar in the sensor's city's time zone (a state kept in
+        another zone is not used: its hours would be the wrong ones)."""
         row = conn.execute(
             "SELECT state, scored_until FROM detector_state"
             " WHERE sensor_id = %s AND metric = %s AND model_version = %s",
             (sensor, metric, self.version),
         ).fetchone()
-        if row is not None:
-            try:
-                return Detector.from_bytes(bytes(row[0])), row[1]
-            except DetectorError as err:  # saved by an older detector: start from the seed
-                log.warning("%s/%s: saved detector state not usable (%s)", sensor, metric, err)
-        if self._seeds is not None:
-            seed = self._seeds.get(sensor, metric)
-            if seed is not None:
-                return seed
-        return Detector(self.config, phase=phase_for(f"{sensor}/{metric}", self.config)), None
+
+        def found() -> Iterator[tuple[str, tuple[Detector, datetime | None] | None]]:
+            if row is not None:
+                try:
+                    yield "saved", (Detector.from_bytes(bytes(row[0])), row[1])
+                except DetectorError as err:  # saved by an older detector: start from the seed
+                    log.warning("%s/%s: saved detector state not usable (%s)", sensor, metric, err)
+            if self._seeds is not None:
+                yield "seed", self._seeds.get(sensor, metric)
+
+        for what, state in found():
+            if state is None:
+                continue
+            if state[0].timezone == timezone:
+                return state
+            log.warning(
+                "%s/%s: %s detector state keeps time zone %s, the city's is %s: not used",
+                sensor,
+                metric,
+                what,
+                state[0].timezone,
+                timezone,
+            )
+        phase = phase_for(f"{sensor}/{metric}", self.config)
+        return Detector(self.config, phase=phase, timezone=timezone), None
 
     def _replay(
         self,

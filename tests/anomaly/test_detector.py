@@ -134,6 +134,40 @@ def test_a_kind_of_day_seen_before_has_its_own_profile() -> None:
     assert baseline[0] == pytest.approx(saturday.median())
 
 
+def test_the_calendar_is_the_city_s_local_time() -> None:
+    """NAB's stamps are local wall-clock times (Minneapolis, UTC-5 in September 2015). Given as
+    UTC instants, a detector in America/Chicago time scores them exactly as the wall-clock
+    stamps are scored in UTC; one left in UTC would put the weekend and the rush hours five
+    hours off, and scores differently. The zone is part of the state."""
+    data = series("occupancy_6005.csv").iloc[:1300]
+    wall = data["timestamp"].dt.tz_localize("UTC")
+    instants = data["timestamp"].dt.tz_localize("America/Chicago").dt.tz_convert("UTC")
+    values = data["value"].to_numpy(dtype=float)
+
+    def scores(detector: Detector, stamps: pd.Series) -> np.ndarray:
+        return np.array([detector.update(t, v) for t, v in zip(stamps, values, strict=True)])
+
+    chicago = Detector(timezone="America/Chicago")
+    local = scores(chicago, instants)
+    np.testing.assert_array_equal(local, scores(Detector(), wall))
+    assert not np.array_equal(local, scores(Detector(), instants))
+    assert Detector.from_bytes(chicago.to_bytes()).timezone == "America/Chicago"
+
+
+def test_summer_time_keeps_the_hours_in_their_bins() -> None:
+    """08:30 in Cologne is the same hour of day in winter (07:30 UTC) and summer (06:30 UTC)."""
+    cologne = Detector(timezone="Europe/Berlin")
+    winter = pd.Timestamp("2026-03-27 08:30", tz="Europe/Berlin").timestamp()
+    summer = pd.Timestamp("2026-03-30 08:30", tz="Europe/Berlin").timestamp()
+    assert cologne._bins(winter)[1] == cologne._bins(summer)[1] == 8
+    assert Detector()._bins(winter)[1] == 7 and Detector()._bins(summer)[1] == 6
+
+
+def test_an_unknown_time_zone_is_refused_by_name() -> None:
+    with pytest.raises(DetectorError, match="Mars/Olympus_Mons"):
+        Detector(timezone="Mars/Olympus_Mons")
+
+
 def test_a_far_bigger_second_spike_right_after_an_alert_still_alerts() -> None:
     """The re-alert margin keeps one event to one alert; a point twice as far from its
     baseline as the alert's, six readings later, is another event and is not hidden."""

@@ -128,6 +128,40 @@ RESET = (
 )
 
 
+def test_detectors_keep_their_city_s_calendar(database_url, beijing) -> None:
+    """Beijing's detectors count hours and weekends in Asia/Shanghai time, from the cities
+    table. A saved state kept in another zone is not used (its hours would be the wrong ones):
+    that series starts afresh, the others resume."""
+    run = scorer()
+    with connect(database_url, beijing, autocommit=True) as conn:
+        for day in days("2013-12-01", 2):
+            merge_day(conn, day)
+            run.score(conn, datetime.now(UTC))
+        assert run._detectors
+        assert {d.timezone for d in run._detectors.values()} == {"Asia/Shanghai"}
+        run.checkpoint(conn)
+
+        (sensor, metric), other = sorted(run._detectors)[:2]
+        raw = scalar(
+            conn,
+            "SELECT state FROM detector_state WHERE sensor_id = %s AND metric = %s",
+            (sensor, metric),
+        )
+        moved = Detector.from_bytes(bytes(raw))
+        assert moved.count > 0
+        moved.timezone = "UTC"
+        conn.execute(
+            "UPDATE detector_state SET state = %s WHERE sensor_id = %s AND metric = %s",
+            (moved.to_bytes(), sensor, metric),
+        )
+        later = scorer()
+        end = datetime(2013, 12, 3, tzinfo=UTC)
+        fresh = later._detector(conn, AIR, sensor, metric, end, "Asia/Shanghai")
+        assert fresh.timezone == "Asia/Shanghai" and fresh.count == 0
+        resumed = later._detector(conn, AIR, *other, end, "Asia/Shanghai")
+        assert resumed.timezone == "Asia/Shanghai" and resumed.count > 0
+
+
 def test_closed_windows_are_scored_once_forecast_and_alerted(database_url, beijing) -> None:
     batches = days("2013-12-01", 12)
     run = scorer()
@@ -314,13 +348,14 @@ def test_a_promoted_model_is_picked_up_without_a_restart(database_url, beijing, 
         run.score(conn, datetime.now(UTC))
         assert production(conn, "anomaly") is None
 
-        # a model trained on November: one detector state per station and metric
+        # a model trained on November: one detector state per station and metric, in Beijing's
+        # time (a state in another zone would not be used)
         trained = []
         for station in STATIONS:
             sensor = f"beijing-aq-{station.lower()}"
             rows = [r for day in history for r in day if r["sensor_id"] == sensor]
             for metric in AIR.metrics:
-                detector = Detector(DetectorConfig())
+                detector = Detector(DetectorConfig(), timezone="Asia/Shanghai")
                 for r in rows:
                     if r[metric] is not None:
                         detector.update(r["window_start"], r[metric])
