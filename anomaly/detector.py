@@ -294,7 +294,7 @@ class Detector:
     day_bins: dict[int, deque[float]] = field(default_factory=dict)
     # time of day per kind of day: key kind * bins_per_day + bin (see _bins)
     kind_bins: dict[int, deque[float]] = field(default_factory=dict)
-    kind_first: dict[int, int] = field(default_factory=dict)  # kind -> first day seen (UTC days)
+    kind_first: dict[int, int] = field(default_factory=dict)  # kind -> first local day seen
     recent: deque[float] = field(default_factory=deque)
     residuals: deque[float] = field(default_factory=deque)  # recent seasonal residuals
     lags: deque[float] = field(default_factory=deque)  # recent values relative to the baseline
@@ -341,10 +341,9 @@ class Detector:
         """POSIX time ``t`` as seconds of the local wall clock of ``timezone`` (for bins)."""
         return t if self.timezone == "UTC" else t + _utc_offset(self.timezone, int(t // 900))
 
-    def _bins(self, t: float) -> tuple[int, int, int]:
-        """The time-of-week, time-of-day and kind-of-day-and-time-of-day bins of ``t``, in
-        local time."""
-        local = self._local(t)
+    def _bins(self, local: float) -> tuple[int, int, int]:
+        """The time-of-week, time-of-day and kind-of-day-and-time-of-day bins of a local time
+        (see ``_local``)."""
         width = self.config.bin_minutes * 60
         day = int((local % _DAY_S) // width)
         per_day = -(-_DAY_S // width)
@@ -358,8 +357,8 @@ class Detector:
         seen on an earlier day (the first weekend of a series is not compared with weekdays,
         nor the first weekday with a weekend) — then the recent series as a whole."""
         c = self.config
-        week, day, kind = self._bins(t)
         local = self._local(t)
+        week, day, kind = self._bins(local)
         first = self.kind_first.get(_day_kind(local))
         stores = [(self.week_bins, week), (self.kind_bins, kind)]
         if first is not None and first < local // _DAY_S:
@@ -398,11 +397,11 @@ class Detector:
 
     def _learn_seasonal(self, t: float, value: float) -> None:
         c = self.config
-        week, day, kind = self._bins(t)
+        local = self._local(t)
+        week, day, kind = self._bins(local)
         self.week_bins.setdefault(week, deque(maxlen=c.bin_memory)).append(value)
         self.day_bins.setdefault(day, deque(maxlen=c.bin_memory)).append(value)
         self.kind_bins.setdefault(kind, deque(maxlen=c.bin_memory)).append(value)
-        local = self._local(t)
         self.kind_first.setdefault(_day_kind(local), int(local // _DAY_S))
         self.recent.append(value)
 

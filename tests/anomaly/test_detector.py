@@ -159,8 +159,9 @@ def test_summer_time_keeps_the_hours_in_their_bins() -> None:
     cologne = Detector(timezone="Europe/Berlin")
     winter = pd.Timestamp("2026-03-27 08:30", tz="Europe/Berlin").timestamp()
     summer = pd.Timestamp("2026-03-30 08:30", tz="Europe/Berlin").timestamp()
-    assert cologne._bins(winter)[1] == cologne._bins(summer)[1] == 8
-    assert Detector()._bins(winter)[1] == 7 and Detector()._bins(summer)[1] == 6
+    assert cologne._bins(cologne._local(winter))[1] == cologne._bins(cologne._local(summer))[1] == 8
+    utc = Detector()
+    assert utc._bins(utc._local(winter))[1] == 7 and utc._bins(utc._local(summer))[1] == 6
 
 
 def test_an_unknown_time_zone_is_refused_by_name() -> None:
